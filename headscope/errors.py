@@ -1,0 +1,59 @@
+"""The exceptions headscope raises.
+
+Every error a user can cause is a :class:`HeadscopeError`, so one ``except``
+clause catches them all; the subclasses say which kind of input was wrong.
+Each also subclasses the built-in exception a caller would expect
+(``ValueError``, ``TypeError``, ``LookupError``), so generic handlers work too.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ContextLengthError",
+    "HeadIndexError",
+    "HeadscopeError",
+    "MissingDependencyError",
+    "ModelError",
+    "ModelMismatchError",
+    "SpanError",
+]
+
+
+class HeadscopeError(Exception):
+    """Base class of every error headscope raises on bad input."""
+
+
+class ModelError(HeadscopeError, TypeError):
+    """The object is not a model headscope can work with, or lacks a needed part."""
+
+
+class ModelMismatchError(HeadscopeError, ValueError):
+    """Two models (or a model and a result) that must share an architecture do not."""
+
+
+class HeadIndexError(HeadscopeError, IndexError):
+    """A (layer, head) pair, or a layer, is out of range for the model."""
+
+
+class SpanError(HeadscopeError, ValueError):
+    """A labelled span (needle, answer, document) cannot be found or aligned to tokens."""
+
+
+class ContextLengthError(HeadscopeError, ValueError):
+    """An input is longer than the model's context window."""
+
+
+class MissingDependencyError(HeadscopeError, ImportError):
+    """An optional package is needed; the message gives the exact install command."""
+
+
+for _cls in (
+    HeadscopeError,
+    ModelError,
+    ModelMismatchError,
+    HeadIndexError,
+    SpanError,
+    ContextLengthError,
+    MissingDependencyError,
+):
+    _cls.__module__ = "headscope"
