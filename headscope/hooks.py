@@ -67,32 +67,36 @@ def attached(
     [torch.Size([1, 4, 3, 3])]
     """
     points = _hook_points(model, [n for n, _ in (*fwd_hooks, *bwd_hooks)])
-    handles = []
+    added: list[tuple[Any, list[Any], Any]] = []
     try:
-        for name, fn in fwd_hooks:
-            point = points[name]
-            handles.append(point.register_forward_hook(_forward_adapter(fn, point)))
-        for name, fn in bwd_hooks:
-            point = points[name]
-            handles.append(point.register_full_backward_hook(_backward_adapter(fn, point)))
+        for direction, hooks in (("fwd", fwd_hooks), ("bwd", bwd_hooks)):
+            for name, fn in hooks:
+                point = points[name]
+                # HookPoint.add_hook applies the bridge's shape conversions (e.g. hook_k as
+                # [batch, pos, kv_head, d_head]); its handle is the entry it appends.
+                wrapper = _Hook(fn)
+                point.add_hook(wrapper, dir=direction)
+                registry = point.fwd_hooks if direction == "fwd" else point.bwd_hooks
+                added.append((point, registry, next(h for h in reversed(registry) if h.user_hook is wrapper)))
         yield
     finally:
-        for handle in handles:
-            handle.remove()
+        for _point, registry, handle in added:
+            handle.hook.remove()
+            if handle in registry:
+                registry.remove(handle)
 
 
-def _forward_adapter(fn: HookFn, point: Any) -> Callable[..., Any]:
-    def forward_hook(module: Any, inputs: Any, output: Tensor) -> Tensor | None:
-        return fn(output, point)
+class _Hook:
+    """A distinct object per attachment, so its TransformerLens handle can be found and removed."""
 
-    return forward_hook
+    def __init__(self, fn: HookFn) -> None:
+        self.fn = fn
 
+    def __call__(self, activation: Tensor, hook: Any) -> Tensor | None:
+        return self.fn(activation, hook)
 
-def _backward_adapter(fn: HookFn, point: Any) -> Callable[..., Any]:
-    def backward_hook(module: Any, grad_input: Any, grad_output: tuple[Tensor, ...]) -> None:
-        fn(grad_output[0], point)
-
-    return backward_hook
+    def __repr__(self) -> str:
+        return f"headscope hook {getattr(self.fn, '__qualname__', self.fn)!r}"
 
 
 @contextmanager

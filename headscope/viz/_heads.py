@@ -1,0 +1,64 @@
+"""Layer-by-head heatmaps: the one picture every per-head result shares."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float
+
+
+def head_map(
+    values: Float[torch.Tensor, "layer head"] | Float[np.ndarray, "layer head"],
+    *,
+    title: str = "",
+    value_name: str = "score",
+    extra: dict[str, Float[np.ndarray, "layer head"]] | None = None,
+    colorscale: str = "Blues",
+    zmid: float | None = None,
+) -> Any:
+    """A plotly heatmap with layers on the y axis (layer 0 at the bottom) and heads on the x axis.
+
+    Hovering a cell shows its ``L{layer}H{head}`` label, the value, and one line per entry of
+    ``extra`` (for example the number of samples behind a score). Pass ``zmid=0`` and a diverging
+    ``colorscale`` such as ``"RdBu"`` for signed effects.
+
+    >>> fig = head_map(torch.rand(3, 4), title="random")
+    >>> fig.data[0].z.shape
+    (3, 4)
+    """
+    import plotly.graph_objects as go
+
+    z = values.detach().cpu().float().numpy() if isinstance(values, torch.Tensor) else np.asarray(values, float)
+    if z.ndim != 2:
+        raise ValueError(f"values must be a [layer, head] grid; got shape {tuple(z.shape)}")
+    n_layers, n_heads = z.shape
+    extra = extra or {}
+    for name, grid in extra.items():
+        if np.shape(grid) != z.shape:
+            raise ValueError(f"extra[{name!r}] has shape {np.shape(grid)}, expected {z.shape}")
+    labels = np.array([[f"L{layer}H{head}" for head in range(n_heads)] for layer in range(n_layers)])
+    custom = np.stack([labels, *[np.asarray(g).astype(str) for g in extra.values()]], axis=-1)
+    hover = "%{customdata[0]}<br>layer %{y}, head %{x}<br>" + f"{value_name} %{{z:.4g}}"
+    hover += "".join(f"<br>{name} %{{customdata[{i + 1}]}}" for i, name in enumerate(extra))
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=list(range(n_heads)),
+            y=list(range(n_layers)),
+            customdata=custom,
+            hovertemplate=hover + "<extra></extra>",
+            colorscale=colorscale,
+            zmid=zmid,
+            colorbar={"title": value_name},
+        )
+    )
+    fig.update_layout(
+        title=title,
+        xaxis_title="head",
+        yaxis_title="layer",
+        width=max(420, 40 * n_heads + 200),
+        height=max(360, 18 * n_layers + 160),
+    )
+    return fig
