@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -125,7 +126,8 @@ def _edit_honoured(model: Any, site: Literal["pattern", "attn_scores"]) -> bool:
     def record(act: Tensor, hook: Any) -> None:
         z_store.append(act.detach())
 
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TransformerLens 4 warns when it discards the edit we probe with
         with attached(model, [(attn_hook(0, "z"), record)]):
             model(tokens)
         with attached(model, [(attn_hook(0, site), to_first_key), (attn_hook(0, "z"), record)]):
