@@ -1,0 +1,87 @@
+"""``FinetuneResult``: the loss curve, evaluations and settings of one fine-tuning run."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """What a :func:`~headscope.finetune.finetune` run did.
+
+    ``losses[i]`` is the mean answer-token loss of the batch of optimizer step ``i + 1``, taken
+    before that step's update; ``lrs[i]`` its learning rate. ``evals`` holds the ``eval_fn``
+    results, each with the ``"step"`` (updates done so far; 0 is before training) it was taken at.
+    ``trained`` names the trained parameters (for :func:`~headscope.finetune.save_weights`).
+    """
+
+    losses: tuple[float, ...]
+    lrs: tuple[float, ...]
+    evals: tuple[dict[str, float], ...]
+    trained: tuple[str, ...]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def steps(self) -> int:
+        return len(self.losses)
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long frame with columns ``step``, ``metric`` (``"loss"``, ``"lr"`` or an eval name), ``value``."""
+        rows = [
+            {"step": i + 1, "metric": name, "value": value}
+            for i, (loss, lr) in enumerate(zip(self.losses, self.lrs, strict=True))
+            for name, value in (("loss", loss), ("lr", lr))
+        ]
+        rows += [
+            {"step": int(e["step"]), "metric": k, "value": float(v)}
+            for e in self.evals
+            for k, v in e.items()
+            if k != "step"
+        ]
+        return pd.DataFrame(rows, columns=["step", "metric", "value"])
+
+    def plot(self) -> Any:
+        """Loss curve, with the evaluations in a second panel when there are any (a plotly figure, not shown)."""
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        frame = self.to_frame()
+        metrics = [m for m in frame["metric"].unique() if m not in ("loss", "lr")]
+        fig = make_subplots(rows=2 if metrics else 1, cols=1, shared_xaxes=True)
+        loss = frame[frame["metric"] == "loss"]
+        fig.add_trace(go.Scatter(x=loss["step"], y=loss["value"], mode="lines", name="answer loss"), row=1, col=1)
+        for m in metrics:
+            part = frame[frame["metric"] == m]
+            fig.add_trace(go.Scatter(x=part["step"], y=part["value"], mode="lines+markers", name=m), row=2, col=1)
+        fig.update_xaxes(title_text="step", row=2 if metrics else 1, col=1)
+        fig.update_yaxes(title_text="answer loss", row=1, col=1)
+        return fig.update_layout(title="Fine-tuning", template="plotly_white")
+
+    def save(self, path: str | Path) -> Path:
+        """Write the result as JSON; :meth:`load` reads it back equal."""
+        path = Path(path)
+        data = {
+            "losses": list(self.losses),
+            "lrs": list(self.lrs),
+            "evals": list(self.evals),
+            "trained": list(self.trained),
+            "settings": self.settings,
+        }
+        path.write_text(json.dumps(data, indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> FinetuneResult:
+        data = json.loads(Path(path).read_text())
+        return cls(
+            losses=tuple(data["losses"]),
+            lrs=tuple(data["lrs"]),
+            evals=tuple(data["evals"]),
+            trained=tuple(data["trained"]),
+            settings=data["settings"],
+        )
