@@ -74,7 +74,7 @@ def attribution_patching(
         grads = torch.autograd.grad(value, [kept[n] for n in names], allow_unused=True)
     baseline = float(value.detach())
     values = torch.zeros(info.shape)
-    for layer, (name, grad) in enumerate(zip(names, grads)):
+    for layer, (name, grad) in enumerate(zip(names, grads, strict=True)):
         if grad is None:
             continue
         delta = (clean_z[name] - kept[name].detach())[:, pos]

@@ -112,7 +112,7 @@ def compare_patching(
     seed: int = 0,
     progress: bool = True,
 ) -> PatchingComparison:
-    """Patch ``shared_heads``, their complement, and ``n_random`` random sets of equal size from ``source`` into ``target``.
+    """Patch ``shared_heads``, their complement and ``n_random`` equal-size random sets from ``source`` into ``target``.
 
     ``inputs`` are token tensors (``[pos]`` or ``[batch, pos]``) or
     :class:`~headscope.tasks.EncodedSample` objects (run as ``prompt + answer``, teacher-forced).

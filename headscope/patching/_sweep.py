@@ -131,7 +131,7 @@ def _layers(layers: Iterable[int] | None, n_layers: int) -> list[int]:
 
 
 def _patched_logits(model: Any, run: Recorded, layer: int, copies: int, start: int | None) -> Tensor:
-    """Logits for ``copies`` copies of the corrupted batch; from ``layer`` on, or a full forward if ``start`` is None."""
+    """Logits of ``copies`` copies of the corrupted batch, from ``layer`` on (a full forward if ``start`` is None)."""
     if start is None:
         return model(run.tokens.repeat(copies, 1))
     resid = run.resid[layer][:, start:]
