@@ -25,6 +25,8 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest
 
+LINTED := $(wildcard headscope tests examples benchmarks scripts)
+
 lint: setup
-	$(BIN)/ruff check headscope tests examples benchmarks
-	$(BIN)/ruff format --check headscope tests examples benchmarks
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
