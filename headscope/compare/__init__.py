@@ -1,0 +1,16 @@
+"""Compare head sets across models: overlap, rank agreement, and how overlap tracks task score.
+
+Zhao, Yin and Durrett detect retrieval heads on models fine-tuned on synthetic and on real data,
+measure how many of the real-data heads the synthetic ones recover (:func:`recall`), and correlate
+that recall with each variant's downstream score (:func:`correlate`, Spearman with a bootstrap
+interval). :func:`head_set` cuts a set from a ``[layer, head]`` score map; :func:`rank_correlation`
+compares two score maps over all heads.
+"""
+
+from headscope.compare._correlation import Correlation as Correlation
+from headscope.compare._correlation import correlate as correlate
+from headscope.compare._rank import RankAgreement as RankAgreement
+from headscope.compare._rank import rank_correlation as rank_correlation
+from headscope.compare._sets import head_set as head_set
+from headscope.compare._sets import jaccard as jaccard
+from headscope.compare._sets import recall as recall

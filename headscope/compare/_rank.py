@@ -1,0 +1,122 @@
+"""Do two per-head score maps rank heads alike? Spearman over all heads, and top-k overlap."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from headscope.compare._sets import Scores, as_grid, head_set
+from headscope.errors import ModelMismatchError
+from headscope.heads import Head
+
+__all__ = ["RankAgreement", "rank_correlation"]
+
+
+@dataclass(frozen=True)
+class RankAgreement:
+    """How alike two ``[layer, head]`` score maps rank the heads.
+
+    ``spearman`` and ``p_value`` come from ``scipy.stats.spearmanr`` over the ``n_heads`` heads scored
+    in both maps (average ranks for ties); ``overlap`` is ``|top_a ∩ top_b| / top_k``.
+    """
+
+    spearman: float
+    p_value: float
+    n_heads: int
+    top_k: int
+    overlap: float
+    top_a: tuple[Head, ...]
+    top_b: tuple[Head, ...]
+    scores_a: tuple[tuple[float, ...], ...]
+    scores_b: tuple[tuple[float, ...], ...]
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per head: layer, head, label, score_a, score_b, and whether it is in each top-k."""
+        a, b = np.asarray(self.scores_a), np.asarray(self.scores_b)
+        top_a, top_b = set(self.top_a), set(self.top_b)
+        return pd.DataFrame(
+            [
+                {
+                    "layer": layer,
+                    "head": head,
+                    "label": f"L{layer}H{head}",
+                    "score_a": a[layer, head],
+                    "score_b": b[layer, head],
+                    "top_a": (layer, head) in top_a,
+                    "top_b": (layer, head) in top_b,
+                }
+                for layer, head in np.ndindex(a.shape)
+            ]
+        )
+
+    def plot(self, title: str = "") -> Any:
+        """Scatter of the two scores per head; heads in either top-k are highlighted."""
+        import plotly.graph_objects as go
+
+        frame = self.to_frame()
+        group = np.where(
+            frame.top_a & frame.top_b, "top-k in both", np.where(frame.top_a | frame.top_b, "top-k in one", "other")
+        )
+        fig = go.Figure()
+        for name in ("other", "top-k in one", "top-k in both"):
+            part = frame[group == name]
+            fig.add_trace(go.Scatter(x=part.score_a, y=part.score_b, mode="markers", name=name, text=part.label))
+        fig.update_layout(
+            title=title or f"Spearman {self.spearman:.3f}, top-{self.top_k} overlap {self.overlap:.2f}",
+            xaxis_title="score a",
+            yaxis_title="score b",
+        )
+        return fig
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def load(cls, path: str | Path) -> RankAgreement:
+        data = json.loads(Path(path).read_text())
+        for key in ("top_a", "top_b"):
+            data[key] = tuple(tuple(h) for h in data[key])
+        for key in ("scores_a", "scores_b"):
+            data[key] = tuple(tuple(row) for row in data[key])
+        return cls(**data)
+
+
+def rank_correlation(scores_a: Scores, scores_b: Scores, *, top_k: int = 20) -> RankAgreement:
+    """Spearman correlation of two ``[layer, head]`` score maps over all heads, and their top-``k`` overlap.
+
+    Heads with a NaN score in either map are left out of the correlation.
+
+    >>> import torch
+    >>> a = torch.tensor([[0.9, 0.1, 0.3], [0.0, 0.5, 0.2]])
+    >>> agreement = rank_correlation(a, 2 * a + 1, top_k=2)
+    >>> round(agreement.spearman, 6), agreement.overlap
+    (1.0, 1.0)
+    """
+    a, b = as_grid(scores_a, "scores_a"), as_grid(scores_b, "scores_b")
+    if a.shape != b.shape:
+        raise ModelMismatchError(
+            f"score maps must come from models of one shape (layers x heads); "
+            f"got {a.shape[0]}x{a.shape[1]} and {b.shape[0]}x{b.shape[1]}"
+        )
+    both = ~(np.isnan(a) | np.isnan(b))
+    if both.sum() < 3:
+        raise ValueError(f"a rank correlation needs at least 3 heads scored in both maps; got {int(both.sum())}")
+    result = stats.spearmanr(a[both], b[both])
+    top_a, top_b = head_set(a, top_k=top_k), head_set(b, top_k=top_k)
+    return RankAgreement(
+        spearman=float(result.statistic),
+        p_value=float(result.pvalue),
+        n_heads=int(both.sum()),
+        top_k=top_k,
+        overlap=len(set(top_a) & set(top_b)) / top_k,
+        top_a=tuple(top_a),
+        top_b=tuple(top_b),
+        scores_a=tuple(tuple(float(x) for x in row) for row in a),
+        scores_b=tuple(tuple(float(x) for x in row) for row in b),
+    )

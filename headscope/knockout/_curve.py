@@ -1,0 +1,197 @@
+"""Knockout curves: task score against the number of knocked-out heads, top-ranked versus random."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from headscope.errors import HeadIndexError
+from headscope.heads import Head, parse_head, random_heads
+from headscope.knockout._means import head_means
+from headscope.knockout._spec import Knockout, Route
+from headscope.models import model_info
+from headscope.tasks import Sample
+
+__all__ = ["KnockoutCurve", "knockout_curve"]
+
+ScoreFn = Callable[[Any, Sample], float]
+
+
+@dataclass(frozen=True)
+class KnockoutCurve:
+    """Mean task score after knocking out the top ``k`` heads of a ranking, and ``k`` random heads.
+
+    ``top[i]`` is the score with ``ranking[:ks[i]]`` knocked out; ``random[s][i]`` the score with
+    ``random_sets[s][i]`` (``ks[i]`` heads drawn with ``seeds[s]`` outside ``ranking[:exclude_top]``);
+    ``baseline`` the score with nothing knocked out.
+    """
+
+    ks: tuple[int, ...]
+    top: tuple[float, ...]
+    random: tuple[tuple[float, ...], ...]
+    baseline: float
+    seeds: tuple[int, ...]
+    ranking: tuple[Head, ...]
+    random_sets: tuple[tuple[tuple[Head, ...], ...], ...]
+    exclude_top: int
+    mode: str
+    n_samples: int
+    model: str = ""
+
+    def random_mean(self) -> np.ndarray:
+        """Mean random-head score at each ``k``."""
+        return np.asarray(self.random, dtype=float).mean(axis=0)
+
+    def random_std(self) -> np.ndarray:
+        """Standard deviation (ddof=1; 0 with a single seed) of the random-head score at each ``k``."""
+        values = np.asarray(self.random, dtype=float)
+        return values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros(len(self.ks))
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long frame: ``k``, ``heads`` ("top" / "random" / "none"), ``seed`` (-1 unless random), ``score``."""
+        rows = [{"k": 0, "heads": "none", "seed": -1, "score": self.baseline}]
+        rows += [{"k": k, "heads": "top", "seed": -1, "score": s} for k, s in zip(self.ks, self.top, strict=True)]
+        rows += [
+            {"k": k, "heads": "random", "seed": seed, "score": s}
+            for seed, scores in zip(self.seeds, self.random, strict=True)
+            for k, s in zip(self.ks, scores, strict=True)
+        ]
+        return pd.DataFrame(rows)
+
+    def plot(self, title: str = "") -> Any:
+        """Score against ``k``: the top-ranked heads as a line, random heads as mean ± std band."""
+        import plotly.graph_objects as go
+
+        ks = [0, *self.ks]
+        mean = np.concatenate([[self.baseline], self.random_mean()])
+        std = np.concatenate([[0.0], self.random_std()])
+        fig = go.Figure()
+        fig.add_trace(go.Scatter(x=ks, y=mean + std, mode="lines", line={"width": 0}, showlegend=False))
+        fig.add_trace(
+            go.Scatter(
+                x=ks, y=mean - std, mode="lines", line={"width": 0}, fill="tonexty", name="random ± std", opacity=0.3
+            )
+        )
+        fig.add_trace(go.Scatter(x=ks, y=mean, mode="lines+markers", name=f"random heads ({len(self.seeds)} seeds)"))
+        fig.add_trace(go.Scatter(x=ks, y=[self.baseline, *self.top], mode="lines+markers", name="top-ranked heads"))
+        fig.update_layout(
+            title=title
+            or f"{self.mode} knockout{f' on {self.model}' if self.model else ''} ({self.n_samples} samples)",
+            xaxis_title="heads knocked out",
+            yaxis_title="score",
+        )
+        return fig
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def load(cls, path: str | Path) -> KnockoutCurve:
+        data = json.loads(Path(path).read_text())
+        heads = lambda seq: tuple(tuple(h) for h in seq)  # noqa: E731
+        data["ks"], data["top"], data["seeds"] = tuple(data["ks"]), tuple(data["top"]), tuple(data["seeds"])
+        data["random"] = tuple(tuple(r) for r in data["random"])
+        data["ranking"] = heads(data["ranking"])
+        data["random_sets"] = tuple(tuple(heads(s) for s in per_seed) for per_seed in data["random_sets"])
+        return cls(**data)
+
+
+def knockout_curve(
+    model: Any,
+    samples: Sequence[Sample],
+    ranking: Iterable[Head | str],
+    score_fn: ScoreFn,
+    *,
+    ks: Sequence[int],
+    mode: str = "uniform",
+    key_label: str | None = None,
+    seeds: Sequence[int] = (0, 1, 2),
+    exclude_top: int | None = None,
+    route: Route = "auto",
+    progress: bool = True,
+) -> KnockoutCurve:
+    """Score ``samples`` with the top ``k`` heads of ``ranking`` knocked out, and with ``k`` random heads.
+
+    ``ranking`` is any list of heads, best first (pairs or ``"L3H7"`` labels). ``score_fn(model,
+    sample) -> float`` is called inside the knockout block (it may generate); the curve holds the
+    mean over samples. Random heads are drawn with :func:`~headscope.heads.random_heads` outside
+    ``ranking[:exclude_top]`` (default: ``max(ks)``), one draw per seed and ``k``. ``mode="edge"``
+    needs ``key_label`` (e.g. ``"needle"``), resolved per sample; ``mode="mean"`` takes its means
+    from the samples themselves. Calls ``score_fn`` ``len(samples) * (1 + len(ks) * (1 + len(seeds)))``
+    times.
+
+    >>> import torch
+    >>> from headscope import load_model
+    >>> from headscope.tasks import Sample
+    >>> model = load_model("tiny-llama")
+    >>> def score(model, sample):  # log-probability of the answer's first token
+    ...     enc = sample.encode(model.tokenizer)
+    ...     return model(enc.input_ids[None])[0, -1].log_softmax(-1)[enc.answer_ids[0]].item()
+    >>> curve = knockout_curve(model, [Sample("The key is 4712. The key is", " 4712")], ["L1H0", "L0H2"],
+    ...                        score, ks=[1, 2], seeds=[0, 1], progress=False)
+    >>> curve.to_frame().shape
+    (7, 4)
+    """
+    info = model_info(model)
+    samples = list(samples)
+    ranking_ = tuple(info.check_heads([parse_head(h) if isinstance(h, str) else h for h in ranking]))
+    ks = tuple(int(k) for k in ks)
+    if not samples:
+        raise ValueError("knockout_curve needs at least one sample")
+    if not ks or min(ks) < 1:
+        raise HeadIndexError(f"ks must be head counts >= 1; got {list(ks)}")
+    if max(ks) > len(ranking_):
+        raise HeadIndexError(f"ks go up to {max(ks)} but the ranking holds only {len(ranking_)} heads")
+    if not seeds:
+        raise ValueError("give at least one seed for the random-head baseline")
+    if mode == "edge" and key_label is None:
+        raise ValueError("mode='edge' needs key_label= (e.g. 'needle'), the span each sample's queries cannot see")
+    exclude = max(ks) if exclude_top is None else int(exclude_top)
+    random_sets = tuple(
+        tuple(tuple(random_heads(info, k, exclude=ranking_[:exclude], seed=seed)) for k in ks) for seed in seeds
+    )
+    means = head_means(model, samples) if mode == "mean" else None
+    bar = tqdm(total=len(samples) * (1 + len(ks) * (1 + len(seeds))), desc="knockout curve", disable=not progress)
+
+    def score(heads: Sequence[Head]) -> float:
+        if not heads:
+            values = [float(score_fn(model, sample)) for sample in samples]
+            bar.update(len(samples))
+            return float(np.mean(values))
+        spec = Knockout(
+            tuple(heads),
+            mode,  # type: ignore[arg-type]
+            key_label=key_label if mode == "edge" else None,
+            means=None if means is None else means[[h[0] for h in heads], [h[1] for h in heads]],
+        )
+        values = []
+        for sample in samples:
+            with spec.applied(model, sample=sample if mode == "edge" else None, route=route):
+                values.append(float(score_fn(model, sample)))
+            bar.update()
+        return float(np.mean(values))
+
+    with bar:
+        baseline = score(())
+        top = tuple(score(ranking_[:k]) for k in ks)
+        random = tuple(tuple(score(heads) for heads in per_seed) for per_seed in random_sets)
+    return KnockoutCurve(
+        ks=ks,
+        top=top,
+        random=random,
+        baseline=baseline,
+        seeds=tuple(int(s) for s in seeds),
+        ranking=ranking_[: max(ks)],
+        random_sets=random_sets,
+        exclude_top=exclude,
+        mode=mode,
+        n_samples=len(samples),
+        model=info.name,
+    )
