@@ -77,7 +77,7 @@ def select_parameters(model: Any, train: Train = "attention") -> dict[str, nn.Pa
             attention = _attention_parameters(model) - unused
             chosen = {n: p for n, p in named.items() if id(p) in attention}
             if train == "attention_weights":
-                chosen = {n: p for n, p in chosen.items() if p.ndim >= 2}
+                chosen = {n: p for n, p in chosen.items() if not _is_bias(n)}
     elif callable(train):
         chosen = {n: p for n, p in named.items() if train(n)}
     else:
@@ -95,6 +95,11 @@ def _by_patterns(named: dict[str, nn.Parameter], patterns: list[str]) -> dict[st
     if missed:
         raise ModelError(f"the patterns {missed} match no parameter of this model; its parameters are {_some(named)}")
     return {n: p for n, p in named.items() if any(c.search(n) for c in compiled)}
+
+
+def _is_bias(name: str) -> bool:
+    last = name.rsplit(".", 1)[-1]
+    return last == "bias" or last.startswith(("b_", "_b_"))
 
 
 def _some(named: dict[str, nn.Parameter], k: int = 12) -> str:

@@ -112,6 +112,8 @@ def finetune(
             loss = 0.0
             for micro in group:
                 nll, _ = answer_nll(model, micro)
+                if not nll.requires_grad:  # no selected parameter reaches the loss at all
+                    _check_gradients(model, chosen)
                 (nll / n_tokens).backward()
                 loss += nll.item() / n_tokens
             if step == 0 and check_gradients:
