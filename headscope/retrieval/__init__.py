@@ -1,0 +1,32 @@
+"""Retrieval heads (Wu et al. 2024): which attention heads copy the answer out of the context.
+
+:func:`detect_retrieval_heads` scores every head by greedy generation (Wu et al.'s procedure)
+or by one teacher-forced forward pass; :class:`RetrievalScores` holds the result as sums and
+counts that merge across runs and machines.
+"""
+
+from headscope.retrieval._decode import Decoder as Decoder
+from headscope.retrieval._decode import greedy_steps as greedy_steps
+from headscope.retrieval._detect import Mode as Mode
+from headscope.retrieval._detect import detect_retrieval_heads as detect_retrieval_heads
+from headscope.retrieval._distributed import all_gather_scores as all_gather_scores
+from headscope.retrieval._distributed import shard_samples as shard_samples
+from headscope.retrieval._rouge import RougeRecall as RougeRecall
+from headscope.retrieval._rouge import rouge1_recall as rouge1_recall
+from headscope.retrieval._scores import RETRIEVAL_THRESHOLD as RETRIEVAL_THRESHOLD
+from headscope.retrieval._scores import RetrievalScores as RetrievalScores
+from headscope.retrieval._top1 import count_hits as count_hits
+
+__all__ = [
+    "RETRIEVAL_THRESHOLD",
+    "Decoder",
+    "Mode",
+    "RetrievalScores",
+    "RougeRecall",
+    "all_gather_scores",
+    "count_hits",
+    "detect_retrieval_heads",
+    "greedy_steps",
+    "rouge1_recall",
+    "shard_samples",
+]

@@ -1,0 +1,189 @@
+"""``detect_retrieval_heads``: Wu et al.'s copy-paste score, by greedy generation or teacher forcing.
+
+At each answer token and for every (layer, query head), take the head's top-1 attended key on
+the query row that predicts that token. The head scores a hit when the key lies in the needle
+(the union of the sample's ``needle_label`` spans) and the prompt token there equals the token
+being produced. A sample's score is hits / needle length (tokens of its longest needle span);
+only samples the model answered count, and a head's retrieval score is the mean over them.
+
+``mode="generation"`` is Wu et al.'s procedure: prefill, then greedy decoding with a KV cache,
+up to ``max_new_tokens`` or a stop token; the produced token is the model's own, and a sample
+counts when ``success(sample, generated_text)`` holds (default: ROUGE-1 recall of the gold
+answer above 0.5).
+
+``mode="teacher_forced"`` (the fast default) runs one forward over prompt + gold answer. The
+token produced at answer position ``t`` is the gold token ``t``, read on the row of the token
+before it. With ``require_prediction=True`` (default) a hit also needs the model's own argmax
+there to equal the gold token, so a hit is a token the model would really have copied, as in
+generation mode; ``False`` credits a head that points at the right needle token even where the
+model would have said something else. A sample counts when ``success(sample, text)`` holds for
+the text of the model's argmax predictions at the answer positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterator, Sequence
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from headscope.hooks import attached
+from headscope.models import model_info, tokenizer_of
+from headscope.retrieval._decode import greedy_steps
+from headscope.retrieval._prepare import Prepared, prepare
+from headscope.retrieval._rouge import RougeRecall
+from headscope.retrieval._scores import RetrievalScores
+from headscope.retrieval._top1 import Top1Recorder, count_hits, needle_mask
+from headscope.tasks import Sample
+
+__all__ = ["Mode", "detect_retrieval_heads"]
+
+Mode = Literal["teacher_forced", "generation"]
+Success = Callable[[Sample, str], bool]
+
+
+def detect_retrieval_heads(
+    model: Any,
+    samples: Sequence[Sample],
+    *,
+    mode: Mode = "teacher_forced",
+    needle_label: str = "needle",
+    require_prediction: bool = True,
+    max_new_tokens: int = 50,
+    stop_ids: Collection[int] | None = None,
+    success: Success | None = None,
+    batch_size: int = 1,
+    keep_per_sample: bool = True,
+    progress: bool = True,
+) -> RetrievalScores:
+    """Retrieval score of every head of ``model`` on ``samples`` (see the module docstring).
+
+    **Arguments:**
+    - ``mode``: ``"teacher_forced"`` (one forward per sample over prompt + gold answer) or
+      ``"generation"`` (Wu et al.'s greedy decoding with a KV cache).
+    - ``needle_label``: the span label to copy from; ``"answer"`` scores gold-answer
+      occurrences in the context (the seed paper's QA setting). Several spans are united.
+    - ``require_prediction``: teacher-forced only; a hit also needs the model's argmax to be
+      the gold token.
+    - ``max_new_tokens``, ``stop_ids``: generation only; ``stop_ids`` defaults to the
+      tokenizer's EOS token.
+    - ``success``: ``success(sample, output_text) -> bool`` decides which samples count;
+      default ``RougeRecall(0.5)``.
+    - ``batch_size``: teacher-forced only; samples are right-padded, so every scored query row
+      sees only real tokens under the causal mask and no attention mask is needed on any kind.
+      Generation decodes one sample at a time.
+
+    **Returns:** :class:`RetrievalScores` (hit sums and counts; merge shards with ``+``).
+
+    >>> from headscope import load_model
+    >>> from headscope.tasks import Sample, Span
+    >>> model = load_model("tiny-llama")
+    >>> s = Sample("Note: the code is 4712. Filler text. The code is", " 4712", (Span("needle", 18, 22),))
+    >>> scores = detect_retrieval_heads(
+    ...     model, [s], require_prediction=False, success=lambda s, out: True, progress=False
+    ... )
+    >>> scores.shape, scores.n_counted
+    ((2, 4), 1)
+    """
+    if mode not in ("teacher_forced", "generation"):
+        raise ValueError(f"mode must be 'teacher_forced' or 'generation'; got {mode!r}")
+    if batch_size < 1 or max_new_tokens < 1:
+        raise ValueError(f"batch_size and max_new_tokens must be >= 1; got {batch_size} and {max_new_tokens}")
+    info = model_info(model)
+    tokenizer = tokenizer_of(model)
+    success = success if success is not None else RougeRecall(0.5)
+    generation = mode == "generation"
+    prepared = prepare(
+        samples, tokenizer, info, needle_label=needle_label, extra_tokens=max_new_tokens - 1 if generation else None
+    )
+    settings: dict[str, Any] = {"needle_label": needle_label, "success": _describe(success)}
+    recorder = Top1Recorder(info.n_layers)
+    if generation:
+        stops = set(stop_ids) if stop_ids is not None else {tokenizer.eos_token_id} - {None}
+        settings.update(max_new_tokens=max_new_tokens, stop_ids=sorted(stops))
+        scored = _generation(model, recorder, prepared, max_new_tokens=max_new_tokens, stop_ids=stops)
+    else:
+        settings.update(require_prediction=require_prediction)
+        scored = _teacher_forced(
+            model, recorder, prepared, require_prediction=require_prediction, batch_size=batch_size
+        )
+
+    hit_sums = torch.zeros(info.shape, dtype=torch.float64)
+    per_sample: list[Tensor] = []
+    n_counted = 0
+    bar = tqdm(total=len(prepared), desc=f"retrieval heads ({mode})", disable=not progress, unit="sample")
+    with torch.no_grad(), attached(model, recorder.hooks()), bar:
+        for item, hits, output_ids in scored:
+            bar.update(1)
+            if not success(item.sample, tokenizer.decode(output_ids.tolist())):
+                continue
+            score = hits.to(torch.float64).cpu() / item.needle_len
+            hit_sums += score
+            n_counted += 1
+            if keep_per_sample:
+                per_sample.append(score)
+    per = torch.stack(per_sample) if per_sample else torch.zeros(0, *info.shape, dtype=torch.float64)
+    return RetrievalScores(
+        hit_sums, n_counted, len(prepared), info.name, mode, settings, per if keep_per_sample else None
+    )
+
+
+Scored = Iterator[tuple[Prepared, Int[Tensor, "layer head"], Int[Tensor, " answer"]]]
+
+
+def _teacher_forced(
+    model: Any, recorder: Top1Recorder, prepared: list[Prepared], *, require_prediction: bool, batch_size: int
+) -> Scored:
+    """Batches of right-padded prompt + answer[:-1]; scored rows are those predicting answer tokens."""
+    device = next(model.parameters()).device
+    for first in range(0, len(prepared), batch_size):
+        batch = prepared[first : first + batch_size]
+        seqs = [torch.cat([p.input_ids, p.answer_ids[:-1]]) for p in batch]
+        n_rows = max(p.answer_ids.numel() for p in batch)
+        tokens = torch.zeros(len(batch), max(s.numel() for s in seqs), dtype=torch.long)
+        rows = torch.zeros(len(batch), n_rows, dtype=torch.long)
+        for b, (p, seq) in enumerate(zip(batch, seqs, strict=True)):
+            tokens[b, : seq.numel()] = seq
+            # Row of the token before answer token t; short answers repeat their last row.
+            rows[b] = p.input_ids.numel() - 1 + torch.arange(n_rows).clamp(max=p.answer_ids.numel() - 1)
+        tokens, rows = tokens.to(device), rows.to(device)
+        recorder.rows = rows
+        logits = model(tokens)
+        top1 = recorder.take()
+        predicted = logits[torch.arange(len(batch), device=device)[:, None], rows].argmax(-1)
+        del logits
+        for b, (p, seq) in enumerate(zip(batch, seqs, strict=True)):
+            n = p.answer_ids.numel()
+            gold = p.answer_ids.to(device)
+            valid = predicted[b, :n] == gold if require_prediction else torch.ones(n, dtype=torch.bool, device=device)
+            mask = needle_mask(seq.numel(), p.spans, device)
+            yield p, count_hits(top1[:, b, :, :n], seq.to(device), mask, gold, valid), predicted[b, :n]
+
+
+def _generation(
+    model: Any, recorder: Top1Recorder, prepared: list[Prepared], *, max_new_tokens: int, stop_ids: Collection[int]
+) -> Scored:
+    """Greedy decoding per sample; every step's last query row is scored against the produced token."""
+    device = next(model.parameters()).device
+    recorder.rows = None
+    for p in prepared:
+        produced: list[int] = []
+        steps: list[Tensor] = []
+        for token in greedy_steps(model, p.input_ids, max_new_tokens=max_new_tokens, stop_ids=stop_ids):
+            produced.append(token)
+            steps.append(recorder.take()[:, 0, :, 0])  # [layer, head]
+        out = torch.tensor(produced, device=device)
+        seq = torch.cat([p.input_ids.to(device), out[:-1]])
+        mask = needle_mask(seq.numel(), p.spans, device)
+        valid = torch.ones(len(produced), dtype=torch.bool, device=device)
+        yield p, count_hits(torch.stack(steps, dim=-1), seq, mask, out, valid), out
+
+
+def _describe(success: Success) -> str:
+    """A stable name for the success rule (recorded in settings, compared when merging)."""
+    if isinstance(success, RougeRecall):
+        return str(success)
+    return getattr(success, "__qualname__", None) or type(success).__name__

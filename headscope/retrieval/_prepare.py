@@ -1,0 +1,98 @@
+"""Encode samples once and check them all before any forward pass: labels, spans, lengths."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from jaxtyping import Int
+from torch import Tensor
+
+from headscope.errors import ContextLengthError, SpanError
+from headscope.models import ModelInfo
+from headscope.tasks import Sample
+
+__all__ = ["Prepared", "prepare"]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One sample as tokens, with its needle positions (the union of every ``label`` span)."""
+
+    sample: Sample
+    input_ids: Int[Tensor, " pos"]
+    answer_ids: Int[Tensor, " answer"]
+    spans: tuple[tuple[int, int], ...]
+
+    @property
+    def needle_len(self) -> int:
+        """Tokens in the longest needle span: a head that copies one span whole scores 1."""
+        return max(end - start for start, end in self.spans)
+
+
+def _listing(items: Sequence[str], limit: int = 5) -> str:
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return "; ".join(items[:limit]) + more
+
+
+def prepare(
+    samples: Sequence[Sample], tokenizer: Any, info: ModelInfo, *, needle_label: str, extra_tokens: int | None
+) -> list[Prepared]:
+    """Encode ``samples`` and report every bad one at once.
+
+    ``extra_tokens`` is how many tokens the forward passes add after the prompt: the gold answer
+    less one in teacher-forced mode (``None``), ``max_new_tokens - 1`` in generation mode.
+    """
+    if len(samples) == 0:
+        raise ValueError("samples is empty: retrieval scores need at least one sample with a labelled needle")
+    prepared: list[Prepared] = []
+    span_problems: list[str] = []
+    for i, sample in enumerate(samples):
+        if not isinstance(sample, Sample):
+            raise TypeError(f"samples[{i}] is a {type(sample).__name__}; expected a headscope.tasks.Sample")
+        if needle_label not in sample.labels():
+            span_problems.append(f"sample {i} has no {needle_label!r} span (its labels: {sample.labels()})")
+            continue
+        try:
+            enc = sample.encode(tokenizer)
+        except SpanError as err:
+            span_problems.append(f"sample {i}: {err}")
+            continue
+        if extra_tokens is None and enc.answer_ids.numel() == 0:
+            span_problems.append(f"sample {i} has an empty answer; teacher-forced scoring needs gold answer tokens")
+            continue
+        prepared.append(Prepared(sample, enc.input_ids, enc.answer_ids, tuple(enc.spans[needle_label])))
+    if span_problems:
+        raise SpanError(
+            f"{len(span_problems)} of {len(samples)} samples cannot be scored on {needle_label!r}: "
+            f"{_listing(span_problems)}. Pass needle_label= to score another labelled span."
+        )
+    too_long = []
+    for i, p in enumerate(prepared):
+        n = p.input_ids.numel() + (p.answer_ids.numel() - 1 if extra_tokens is None else extra_tokens)
+        if n > info.n_ctx:
+            too_long.append(f"sample {i}: {n} tokens")
+    if too_long:
+        what = "prompt + answer - 1" if extra_tokens is None else f"prompt + max_new_tokens - 1 ({extra_tokens})"
+        raise ContextLengthError(
+            f"{len(too_long)} samples need more than {info.name}'s context of {info.n_ctx} tokens ({what}): "
+            f"{_listing(too_long)}. Shorten the contexts"
+            + ("." if extra_tokens is None else " or lower max_new_tokens.")
+        )
+    if extra_tokens is None:
+        blind = [i for i, p in enumerate(prepared) if not _needle_holds_answer(p)]
+        if blind:
+            warnings.warn(
+                f"{len(blind)} samples hold none of their gold answer tokens inside the {needle_label!r} span "
+                f"(first: {blind[:5]}), so no head can score on them; the answer is probably tokenized "
+                "differently inside the prompt (check the leading space of Sample.answer)",
+                stacklevel=3,
+            )
+    return prepared
+
+
+def _needle_holds_answer(p: Prepared) -> bool:
+    inside = {int(t) for start, end in p.spans for t in p.input_ids[start:end]}
+    return any(int(t) in inside for t in p.answer_ids)
