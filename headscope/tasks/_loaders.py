@@ -131,7 +131,8 @@ def real_mdqa(
 ) -> list[Sample]:
     """The seed paper's "real" MDQA from the oracle file: each question's distractors are other rows' gold passages.
 
-    A distractor must contain none of the question's answers (after SQuAD normalization).
+    A distractor must contain none of the question's answers, even inside a word (after SQuAD
+    normalization of both).
     ``gold_position`` is 0-based (drawn per sample when ``None``).
     """
     path = Path(path)
@@ -146,14 +147,14 @@ def real_mdqa(
         raise TaskError(f"need n_docs >= 1 and gold_position in [0, {n_docs - 1}]; got {n_docs}, {gold_position}")
     passages = {}
     for _, _, _, doc in rows:
-        passages.setdefault(doc.text, (doc, f" {normalize_answer(doc.title + ' ' + doc.text)} "))
+        passages.setdefault(doc.text, (doc, normalize_answer(doc.title + " " + doc.text)))
     pool = list(passages.values())
     rng = rng_for(seed, "real-mdqa")
     samples: list[Sample] = []
     for number, question, answers, gold in rng.sample(rows, len(rows)):
         if len(samples) == n_samples:
             break
-        banned = [f" {normalize_answer(a)} " for a in answers]
+        banned = [normalize_answer(a) for a in answers]
         eligible = [d for d, norm in pool if d.text != gold.text and not any(b in norm for b in banned)]
         if len(eligible) < n_docs - 1 or not any(occurrences(gold.text, a) for a in answers):
             continue
