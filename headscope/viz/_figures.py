@@ -1,0 +1,256 @@
+"""Plotly figures shared by the result objects: top heads, knockout curves, recall scatter.
+
+Each function takes plain arrays or a long pandas frame (the contract is in its docstring),
+returns a ``plotly.graph_objects.Figure`` and shows nothing. Result classes call them from
+their ``.plot()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from jaxtyping import Float
+
+__all__ = ["knockout_curve_figure", "recall_scatter", "top_heads_bar"]
+
+
+def top_heads_bar(
+    scores: Float[torch.Tensor, "layer head"] | Float[np.ndarray, "layer head"],
+    k: int = 20,
+    *,
+    title: str = "",
+    value_name: str = "score",
+) -> Any:
+    """Bar chart of the ``k`` highest-scoring heads, best first, labelled ``L{layer}H{head}``.
+
+    ``scores`` is a ``[layer, head]`` grid; NaN cells (heads never scored) are left out, and
+    ties keep layer-major order. ``k`` larger than the number of scored heads shows them all.
+
+    >>> fig = top_heads_bar(np.array([[0.1, 0.9], [0.5, 0.0]]), k=2)
+    >>> list(fig.data[0].x), list(fig.data[0].y)
+    (['L0H1', 'L1H0'], [0.9, 0.5])
+    """
+    import plotly.graph_objects as go
+
+    grid = _grid(scores)
+    if k < 1:
+        raise ValueError(f"k must be at least 1; got {k}")
+    flat = grid.ravel()
+    order = [i for i in np.argsort(-flat, kind="stable") if not np.isnan(flat[i])][:k]
+    if not order:
+        raise ValueError("every score is NaN: no head to show")
+    n_heads = grid.shape[1]
+    labels = [f"L{i // n_heads}H{i % n_heads}" for i in order]
+    fig = go.Figure(
+        go.Bar(x=labels, y=flat[order].tolist(), hovertemplate="%{x}<br>" + value_name + " %{y:.4g}<extra></extra>")
+    )
+    fig.update_layout(
+        title=title or f"top {len(order)} heads by {value_name}",
+        xaxis_title="head",
+        yaxis_title=value_name,
+        xaxis={"type": "category"},
+        width=max(480, 28 * len(order) + 160),
+        height=400,
+    )
+    return fig
+
+
+def knockout_curve_figure(
+    frame: Any,
+    *,
+    value: str = "accuracy",
+    band: Literal["std", "minmax"] = "std",
+    title: str = "",
+) -> Any:
+    """Task metric against the number of heads knocked out: top heads versus random heads.
+
+    ``frame`` is a long pandas frame with one row per (kind, k, seed) run and columns:
+
+    - ``k``: number of heads knocked out (0 for the intact model);
+    - ``value`` (default ``"accuracy"``): the metric of that run;
+    - ``kind``: ``"top"`` (the highest-scoring heads) or ``"random"`` (random heads);
+    - ``seed``: the random draw (any value, e.g. NaN, for ``"top"`` rows).
+
+    Top rows are drawn as one line (averaged if a ``k`` repeats). Random rows are drawn as the
+    mean over seeds with a shaded band: mean ± standard deviation (``band="std"``, population
+    std, so one seed gives a zero-width band) or the min-max range over seeds (``"minmax"``).
+
+    >>> import pandas as pd
+    >>> frame = pd.DataFrame({"k": [0, 4, 0, 4, 0, 4], "accuracy": [0.9, 0.2, 0.9, 0.8, 0.9, 0.7],
+    ...                       "kind": ["top"] * 2 + ["random"] * 4, "seed": [None, None, 0, 0, 1, 1]})
+    >>> [trace.name for trace in knockout_curve_figure(frame).data]
+    ['random heads (mean ± std)', 'random heads: upper', 'random heads: lower', 'top heads']
+    """
+    import plotly.graph_objects as go
+
+    missing = [c for c in ("k", value, "kind", "seed") if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"knockout frame lacks column(s) {missing}; expected k, {value}, kind, seed; got {list(frame.columns)}"
+        )
+    kinds = set(frame["kind"].unique())
+    if not kinds <= {"top", "random"} or not kinds:
+        raise ValueError(f"kind must be 'top' or 'random'; got {sorted(map(str, kinds))}")
+    if band not in ("std", "minmax"):
+        raise ValueError(f"band must be 'std' or 'minmax'; got {band!r}")
+    fig = go.Figure()
+    random = frame[frame["kind"] == "random"]
+    if len(random):
+        stats = random.groupby("k")[value].agg(["mean", "min", "max", lambda v: float(np.std(v))]).sort_index()
+        stats.columns = ["mean", "min", "max", "std"]
+        ks, mean = stats.index.tolist(), stats["mean"].to_numpy()
+        upper, lower = (
+            (mean + stats["std"].to_numpy(), mean - stats["std"].to_numpy())
+            if band == "std"
+            else (stats["max"].to_numpy(), stats["min"].to_numpy())
+        )
+        label = "random heads (mean ± std)" if band == "std" else "random heads (mean, min–max)"
+        n_seeds = random.groupby("k")["seed"].nunique().reindex(stats.index).to_numpy()
+        fig.add_trace(
+            go.Scatter(
+                x=ks,
+                y=mean,
+                name=label,
+                mode="lines+markers",
+                line={"color": "gray", "dash": "dash"},
+                customdata=np.stack([lower, upper, n_seeds], axis=-1),
+                hovertemplate="k=%{x}<br>mean %{y:.3g} [%{customdata[0]:.3g}, %{customdata[1]:.3g}]"
+                "<br>%{customdata[2]} seeds<extra></extra>",
+            )
+        )
+        band_style = {"mode": "lines", "line": {"width": 0}, "hoverinfo": "skip", "showlegend": False}
+        fig.add_trace(go.Scatter(x=ks, y=upper, name="random heads: upper", **band_style))
+        fig.add_trace(
+            go.Scatter(
+                x=ks,
+                y=lower,
+                name="random heads: lower",
+                fill="tonexty",
+                fillcolor="rgba(128,128,128,0.25)",
+                **band_style,
+            )
+        )
+    top = frame[frame["kind"] == "top"]
+    if len(top):
+        curve = top.groupby("k")[value].mean().sort_index()
+        fig.add_trace(
+            go.Scatter(
+                x=curve.index.tolist(),
+                y=curve.to_numpy(),
+                name="top heads",
+                mode="lines+markers",
+                line={"color": "crimson"},
+                hovertemplate="k=%{x}<br>" + value + " %{y:.3g}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        title=title or f"{value} with the top heads knocked out, against random heads",
+        xaxis_title="heads knocked out (k)",
+        yaxis_title=value,
+        width=640,
+        height=420,
+    )
+    return fig
+
+
+def recall_scatter(
+    recalls: Sequence[float] | np.ndarray,
+    scores: Sequence[float] | np.ndarray,
+    labels: Sequence[str] | None = None,
+    *,
+    fit: bool = True,
+    correlation: str | None = None,
+    title: str = "",
+    x_title: str = "retrieval-head recall",
+    y_title: str = "task score",
+) -> Any:
+    """Scatter of one point per model variant (head recall against task score), with a fit line.
+
+    ``recalls[i]`` and ``scores[i]`` describe variant ``labels[i]`` (e.g. ``"symbolic needle"``).
+    ``fit=True`` adds the least-squares line ``score = slope * recall + intercept``. The title
+    ends with Spearman's ρ and Pearson's r (with p-values) computed here, unless
+    ``correlation`` gives the text to show instead (e.g. ``str`` of a ``Correlation`` result).
+
+    >>> fig = recall_scatter([0.2, 0.5, 0.9], [0.3, 0.4, 0.8], ["a", "b", "c"])
+    >>> [trace.name for trace in fig.data], "Spearman ρ = 1.00" in fig.layout.title.text
+    (['variants', 'least-squares fit'], True)
+    """
+    import plotly.graph_objects as go
+
+    x, y = np.asarray(recalls, dtype=float), np.asarray(scores, dtype=float)
+    if x.ndim != 1 or x.shape != y.shape:
+        raise ValueError(f"recalls and scores must be 1-D and of equal length; got {x.shape} and {y.shape}")
+    if len(x) < 2:
+        raise ValueError(f"a scatter with a fit needs at least 2 points; got {len(x)}")
+    if labels is not None and len(labels) != len(x):
+        raise ValueError(f"got {len(labels)} labels for {len(x)} points")
+    if not np.isfinite(x).all() or not np.isfinite(y).all():
+        raise ValueError("recalls and scores must be finite numbers (no NaN or inf)")
+    text = list(labels) if labels is not None else None
+    fig = go.Figure(
+        go.Scatter(
+            x=x,
+            y=y,
+            text=text,
+            mode="markers+text" if text else "markers",
+            textposition="top center",
+            name="variants",
+            marker={"size": 10},
+        )
+    )
+    line = _least_squares(x, y) if fit else None
+    if line is not None:
+        slope, intercept = line
+        xs = np.array([x.min(), x.max()])
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=slope * xs + intercept,
+                mode="lines",
+                name="least-squares fit",
+                line={"dash": "dot", "color": "gray"},
+                hovertemplate=f"slope {slope:.3g}, intercept {intercept:.3g}<extra></extra>",
+            )
+        )
+    stats = correlation if correlation is not None else _correlation_text(x, y)
+    fig.update_layout(
+        title=f"{title}<br><sup>{stats}</sup>" if title else stats,
+        xaxis_title=x_title,
+        yaxis_title=y_title,
+        width=600,
+        height=460,
+    )
+    return fig
+
+
+def _least_squares(x: np.ndarray, y: np.ndarray) -> tuple[float, float] | None:
+    """Slope and intercept of the least-squares line, or None when every x is the same."""
+    dx = x - x.mean()
+    if not np.any(dx):
+        return None
+    slope = float(dx @ (y - y.mean()) / (dx @ dx))
+    return slope, float(y.mean() - slope * x.mean())
+
+
+def _correlation_text(x: np.ndarray, y: np.ndarray) -> str:
+    from scipy import stats
+
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return f"n = {len(x)}: too few distinct points for a correlation"
+    rho, p_rho = stats.spearmanr(x, y)
+    r, p_r = stats.pearsonr(x, y)
+    return f"Spearman ρ = {rho:.2f} ({_p(p_rho)}), Pearson r = {r:.2f} ({_p(p_r)}), n = {len(x)}"
+
+
+def _p(p: float) -> str:
+    return "p < 0.001" if p < 1e-3 else f"p = {p:.2g}"
+
+
+def _grid(values: Any) -> np.ndarray:
+    grid = values.detach().cpu().double().numpy() if isinstance(values, torch.Tensor) else np.asarray(values, float)
+    if grid.ndim != 2:
+        raise ValueError(f"scores must be a [layer, head] grid; got shape {tuple(grid.shape)}")
+    return grid
