@@ -12,7 +12,6 @@ from headscope.retrieval._detect import detect_retrieval_heads as detect_retriev
 from headscope.retrieval._distributed import all_gather_scores as all_gather_scores
 from headscope.retrieval._distributed import shard_samples as shard_samples
 from headscope.retrieval._rouge import RougeRecall as RougeRecall
-from headscope.retrieval._rouge import rouge1_recall as rouge1_recall
 from headscope.retrieval._scores import RETRIEVAL_THRESHOLD as RETRIEVAL_THRESHOLD
 from headscope.retrieval._scores import RetrievalScores as RetrievalScores
 from headscope.retrieval._top1 import count_hits as count_hits
@@ -27,6 +26,5 @@ __all__ = [
     "count_hits",
     "detect_retrieval_heads",
     "greedy_steps",
-    "rouge1_recall",
     "shard_samples",
 ]
