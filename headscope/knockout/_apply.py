@@ -175,6 +175,7 @@ class _LayerKnockout:
         self.pending: Tensor | None = None  # hand-computed pattern awaiting hook_pattern's check
         self.z_first = False  # hook_z ran before hook_pattern in this forward
         self.empty: Tensor | None = None  # [batch, query, head] rows with every key blocked
+        self.deferred: SpanError | None = None  # raised at hook_pattern unless a KV cache explains it
 
     def hooks(self) -> list[tuple[str, HookFn]]:
         site = lambda name: attn_hook(self.layer, name)  # noqa: E731
@@ -193,7 +194,7 @@ class _LayerKnockout:
     def reset(self, resid: Tensor, hook: Any) -> None:
         """Start of this layer in a new forward pass: forget what the last one left."""
         self.acts.clear()
-        self.offset, self.pending, self.z_first, self.empty = None, None, False, None
+        self.offset, self.pending, self.z_first, self.empty, self.deferred = None, None, False, None, None
 
     @property
     def needs_positions(self) -> bool:
@@ -224,6 +225,8 @@ class _LayerKnockout:
     # -- hook functions ---------------------------------------------------------------------------
 
     def edit_scores(self, scores: Tensor, hook: Any) -> Tensor | None:
+        if self.z_first:
+            raise ModelError(self.discarded())
         n_query, n_key = scores.shape[-2:]
         self.offset = n_key - n_query
         rows = self.rows(n_query, self.offset, scores.device)
@@ -254,6 +257,8 @@ class _LayerKnockout:
             return
         if self.needs_positions and n_query != n_key:
             raise ModelError(f"layer {self.layer} saw {n_query} new queries over {n_key} keys: {_CACHE_HINT}")
+        if self.deferred is not None:
+            raise self.deferred
         if self.pending is not None:
             expected = self.pending
             seen = pattern[:, self.heads.to(pattern.device)].float()
@@ -277,10 +282,13 @@ class _LayerKnockout:
             empty = self.empty[:, rows[:, None], self.heads.to(pattern.device)[None, :]].transpose(1, 2)
             ok = bool(((sub[..., list(self.spec.keys or ())] <= 1e-6) | empty[..., None]).all())
         if not ok:
-            raise ModelError(
-                f"the hook_attn_scores edit of layer {self.layer} did not reach hook_pattern; "
-                "this model discards score edits: use route='z'"
-            )
+            raise ModelError(self.discarded())
+
+    def discarded(self) -> str:
+        return (
+            f"the hook_attn_scores edit of layer {self.layer} did not reach the attention pattern; "
+            "this model discards score edits: use route='z'"
+        )
 
     def edit_z(self, z: Tensor, hook: Any) -> Tensor | None:
         n_query = z.shape[1]
@@ -328,7 +336,13 @@ class _LayerKnockout:
             p_old = self.pending[:, :, rows]
         else:
             p_old = pattern[:, h][:, :, rows].float()
-        keep = visible & ~self.blocked(n_key, z.device)
+        try:
+            keep = visible & ~self.blocked(n_key, z.device)
+        except SpanError as error:
+            if not self.z_first:
+                raise
+            self.deferred = error  # hook_pattern tells next whether this is a KV-cache step instead
+            return None
         kept = p_old * keep
         mass = kept.sum(-1, keepdim=True)
         p_new = torch.where(mass > 0, kept / mass.clamp_min(torch.finfo(mass.dtype).tiny), torch.zeros_like(kept))
