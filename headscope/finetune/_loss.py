@@ -58,7 +58,9 @@ def answer_nll(model: Any, batch: Sequence[EncodedSample]) -> tuple[Float[Tensor
         targets[i, start : start + len(sample.answer_ids)] = sample.answer_ids
     logits = model(tokens.to(device))
     scored = targets != -100
-    total = F.cross_entropy(logits[scored.to(device)].float(), targets[scored].to(device), reduction="sum")
+    picked = logits[scored.to(device)]
+    picked = picked.to(torch.promote_types(picked.dtype, torch.float32))
+    total = F.cross_entropy(picked, targets[scored].to(device), reduction="sum")
     return total, int(scored.sum())
 
 

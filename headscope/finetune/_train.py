@@ -57,7 +57,8 @@ def finetune(
     With ``check_gradients``, the first step checks that every selected parameter gets a
     non-zero gradient, and raises :class:`~headscope.ModelError` naming those that do not,
     before any update (on TransformerLens 3.9, a Llama bridge in compatibility mode gives its
-    MLP weights none).
+    MLP weights none). Prefer a plain bridge: compatibility mode folds layer norms into the
+    query, key and value weights, so it trains another parameterisation of the same model.
 
     To train a base model **from scratch** (one without retrieval ability), fine-tune a freshly
     initialised model with ``train="all"``: ``finetune(load_folder(tiny_folder("llama", seed=1)),
