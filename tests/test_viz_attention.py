@@ -150,11 +150,11 @@ def test_view_html_is_offline_and_survives_script_tags_in_tokens():
 
 @pytest.mark.smollm2
 def test_view_matches_hugging_face_attentions_on_smollm2(smollm2, smollm2_hf, smollm2_tokenizer):
-    haystack = " ".join(f"Line {i} is about the river and the stone." for i in range(25))
-    prompt = haystack[:400] + " The code of the blue door is 7381. " + haystack[400:] + "\nThe code of the blue door is"
+    haystack = " ".join(f"Line {i} is about the river and the stone." for i in range(12))
+    prompt = haystack[:200] + " The code of the blue door is 7381. " + haystack[200:] + "\nThe code of the blue door is"
     start = prompt.index("7381")
     sample = Sample(prompt, " 7381", spans=(Span("needle", start, start + 4),))
-    heads = [(20, 3), (18, 6)]
+    heads = [(14, 3), (15, 6)]  # two of its heads that copy the needle
     view = attention_view(smollm2, sample, heads, window=8)
     enc = sample.encode(smollm2_tokenizer)
     ids = torch.cat([enc.input_ids, enc.answer_ids]).unsqueeze(0)
