@@ -117,7 +117,7 @@ def record_heads(
     bad = [x for x in layers if not 0 <= x < info.n_layers]
     if bad:
         raise HeadIndexError(f"layers must lie in [0, {info.n_layers}); got {bad}")
-    tokens = _as_batch(tokens)
+    tokens = _as_batch(tokens).to(_device(model))
     info.check_length(tokens.shape[1])
     names = [attn_hook(layer, site) for layer in layers for site in sites]
     with torch.no_grad(), capture(model, names) as acts:
