@@ -70,11 +70,12 @@ def test_random_heads_are_drawn_outside_the_top_of_the_ranking(curve):
 
 def test_curve_frame_band_and_round_trip(curve, tmp_path):
     frame = curve.to_frame()
-    assert len(frame) == 1 + 2 + 2 * 2
-    assert set(frame.heads) == {"none", "top", "random"}
-    random_k2 = frame[(frame.heads == "random") & (frame.k == 2)].score
+    assert list(frame.columns) == ["k", "kind", "seed", "accuracy"]
+    assert len(frame) == (1 + 2) + 2 * (1 + 2)
+    assert (frame[frame.k == 0].accuracy == curve.baseline).all()
+    random_k2 = frame[(frame.kind == "random") & (frame.k == 2)].accuracy
     assert curve.random_mean()[1] == pytest.approx(random_k2.mean())
-    assert curve.random_std()[1] == pytest.approx(random_k2.std(ddof=1))
+    assert curve.random_std()[1] == pytest.approx(random_k2.std(ddof=0))
     fig = curve.plot()
     assert [trace.name for trace in fig.data][-1] == "top-ranked heads"
     upper, lower = fig.data[0].y, fig.data[1].y

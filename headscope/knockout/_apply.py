@@ -22,7 +22,7 @@ offsets rows by ``n_key - n_query``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -30,9 +30,10 @@ import torch
 from torch import Tensor
 
 from headscope.errors import ModelError, SpanError
+from headscope.heads import Head
 from headscope.hooks import HookFn, attached, attn_hook, block_hook, capture
 from headscope.knockout._inputs import encoded
-from headscope.knockout._spec import Knockout, Route
+from headscope.knockout._spec import Knockout, Mode, Route
 from headscope.models import ModelInfo, model_info
 from headscope.tasks import EncodedSample, Sample
 
@@ -74,8 +75,8 @@ def apply_knockout(
 @contextmanager
 def knockout(
     model: Any,
-    heads: Any,
-    mode: str = "uniform",
+    heads: Iterable[Head | str],
+    mode: Mode = "uniform",
     *,
     keys: Any = None,
     key_label: str | None = None,
@@ -97,7 +98,7 @@ def knockout(
     >>> spec.mode, bool(torch.equal(logits, model(tokens)))
     ('edge', False)
     """
-    spec = Knockout(tuple(heads), mode, keys=keys, key_label=key_label, queries=queries)  # type: ignore[arg-type]
+    spec = Knockout(tuple(heads), mode, keys=keys, key_label=key_label, queries=queries)
     with apply_knockout(model, spec, sample=sample, route=route):
         yield spec
 
@@ -132,24 +133,20 @@ def _causal(n_query: int, n_key: int, offset: int, device: torch.device) -> Tens
     return torch.arange(n_key, device=device)[None, :] <= rows
 
 
-def _probe_scale(model: Any, info: ModelInfo, layer: int) -> float:
-    """The factor between ``q @ k`` and the pre-softmax scores, found on a short probe input."""
+def _probe_scale(model: Any, info: ModelInfo, layer: int) -> float | None:
+    """The factor between ``q @ k`` and the pre-softmax scores, found on a short probe input (None: no match)."""
     q_site, k_site = _qk_sites(model, layer)
     tokens = (torch.arange(1, 9) % info.d_vocab).unsqueeze(0).to(next(model.parameters()).device)
     with torch.no_grad(), capture(model, [q_site, k_site, attn_hook(layer, "pattern")]) as acts:
         model(tokens)
     pattern = acts[attn_hook(layer, "pattern")].float()
+    k = acts[k_site].repeat_interleave(info.kv_group, dim=2)
     candidates = [1 / math.sqrt(info.d_head), 1.0]
     attn_scale = float(getattr(model.cfg, "attn_scale", -1) or -1)
     if attn_scale > 0:
         candidates.insert(0, 1 / attn_scale)
-    for scale in candidates:
-        k = acts[k_site].repeat_interleave(info.kv_group, dim=2)
-        if torch.allclose(_hand_pattern(acts[q_site], k, scale, 0), pattern, atol=1e-5):
-            return scale
-    raise ModelError(
-        f"cannot reproduce {info.name}'s attention pattern from {q_site} and {k_site}, and its attention ignores "
-        "score edits, so an edge knockout cannot be carried out exactly here; use mode='zero' or 'mean'"
+    return next(
+        (c for c in candidates if torch.allclose(_hand_pattern(acts[q_site], k, c, 0), pattern, atol=1e-5)), None
     )
 
 
@@ -330,7 +327,11 @@ class _LayerKnockout:
             return out
         if pattern is None:
             if q is None or k is None or self.scale is None:
-                raise ModelError(f"layer {self.layer}: neither hook_pattern nor hook_q/hook_k fired before hook_z")
+                raise ModelError(
+                    f"layer {self.layer}'s attention pattern is not available before hook_z and cannot be recomputed "
+                    "from hook_q and hook_k, so an edge knockout cannot be carried out exactly on this model; "
+                    "use mode='zero' or 'mean'"
+                )
             k = k.repeat_interleave(self.group, dim=2)[:, :, h]
             self.pending = _hand_pattern(q[:, :, h], k, self.scale, offset)
             p_old = self.pending[:, :, rows]

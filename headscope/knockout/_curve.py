@@ -50,19 +50,23 @@ class KnockoutCurve:
         return np.asarray(self.random, dtype=float).mean(axis=0)
 
     def random_std(self) -> np.ndarray:
-        """Standard deviation (ddof=1; 0 with a single seed) of the random-head score at each ``k``."""
-        values = np.asarray(self.random, dtype=float)
-        return values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros(len(self.ks))
+        """Population standard deviation (ddof=0) of the random-head score at each ``k``."""
+        return np.asarray(self.random, dtype=float).std(axis=0)
 
     def to_frame(self) -> pd.DataFrame:
-        """Long frame: ``k``, ``heads`` ("top" / "random" / "none"), ``seed`` (-1 unless random), ``score``."""
-        rows = [{"k": 0, "heads": "none", "seed": -1, "score": self.baseline}]
-        rows += [{"k": k, "heads": "top", "seed": -1, "score": s} for k, s in zip(self.ks, self.top, strict=True)]
-        rows += [
-            {"k": k, "heads": "random", "seed": seed, "score": s}
-            for seed, scores in zip(self.seeds, self.random, strict=True)
-            for k, s in zip(self.ks, scores, strict=True)
-        ]
+        """Long frame, one row per run: ``k``, ``kind`` ("top" / "random"), ``seed`` (NaN for top), ``accuracy``.
+
+        ``accuracy`` is the mean of ``score_fn`` over the samples (whatever it measures). ``k=0`` rows
+        hold the intact model's score, once for "top" and once per seed for "random", so each curve
+        starts at the baseline (the frame :func:`headscope.viz.knockout_curve_figure` draws).
+        """
+        rows = [{"k": 0, "kind": "top", "seed": np.nan, "accuracy": self.baseline}]
+        rows += [{"k": k, "kind": "top", "seed": np.nan, "accuracy": s} for k, s in zip(self.ks, self.top, strict=True)]
+        for seed, scores in zip(self.seeds, self.random, strict=True):
+            rows.append({"k": 0, "kind": "random", "seed": seed, "accuracy": self.baseline})
+            rows += [
+                {"k": k, "kind": "random", "seed": seed, "accuracy": s} for k, s in zip(self.ks, scores, strict=True)
+            ]
         return pd.DataFrame(rows)
 
     def plot(self, title: str = "") -> Any:
@@ -137,7 +141,7 @@ def knockout_curve(
     >>> curve = knockout_curve(model, [Sample("The key is 4712. The key is", " 4712")], ["L1H0", "L0H2"],
     ...                        score, ks=[1, 2], seeds=[0, 1], progress=False)
     >>> curve.to_frame().shape
-    (7, 4)
+    (9, 4)
     """
     info = model_info(model)
     samples = list(samples)

@@ -42,9 +42,12 @@ class Knockout:
     - ``"mean"``: ``hook_z`` is set to ``means[i]`` for ``heads[i]``, the mean of the head's
       ``hook_z`` over every position of reference inputs (see :func:`mean_knockout`).
 
-    Positions are absolute token positions of the full sequence (BOS included when present).
-    ``heads`` are stored sorted; ``means`` follow them. The spec is model-independent; it is
-    checked against a model when applied.
+    Positions are absolute token positions of the full sequence (BOS included when present), so
+    the spec means the same thing at every generation step, whether generation re-runs the whole
+    sequence or feeds new tokens through a KV cache. Query positions an input does not reach are
+    skipped (a knockout of generated positions can be set up before generating); a key position
+    beyond the input raises :class:`SpanError`. ``heads`` are stored sorted; ``means`` follow them.
+    The spec is model-independent; it is checked against a model when applied.
 
     >>> spec = Knockout([(1, 2), (0, 3)], mode="edge", keys=range(4, 7))
     >>> spec
