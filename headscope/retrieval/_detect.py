@@ -73,8 +73,14 @@ def detect_retrieval_heads(
     - ``success``: ``success(sample, output_text) -> bool`` decides which samples count;
       default ``RougeRecall(0.5)``.
     - ``batch_size``: teacher-forced only; samples are right-padded, so every scored query row
-      sees only real tokens under the causal mask and no attention mask is needed on any kind.
-      Generation decodes one sample at a time.
+      sees only real tokens under the causal mask and keeps its positions, on every model kind.
+      Generation decodes one sample at a time (samples stop at different steps, and on CPU a
+      batched decoding step is no cheaper per token), as Wu et al. do.
+
+    **Cost:** one forward per sample (teacher-forced) or per produced token (generation, with a
+    KV cache). TransformerLens builds each layer's attention pattern in a plain forward too;
+    a hook on ``hook_pattern`` keeps only the top-1 key of the scored query rows, so no pattern
+    outlives its layer.
 
     **Returns:** :class:`RetrievalScores` (hit sums and counts; merge shards with ``+``).
 
@@ -144,14 +150,18 @@ def _teacher_forced(
         seqs = [torch.cat([p.input_ids, p.answer_ids[:-1]]) for p in batch]
         n_rows = max(p.answer_ids.numel() for p in batch)
         tokens = torch.zeros(len(batch), max(s.numel() for s in seqs), dtype=torch.long)
+        attention_mask = torch.zeros_like(tokens)
         rows = torch.zeros(len(batch), n_rows, dtype=torch.long)
         for b, (p, seq) in enumerate(zip(batch, seqs, strict=True)):
             tokens[b, : seq.numel()] = seq
+            attention_mask[b, : seq.numel()] = 1
             # Row of the token before answer token t; short answers repeat their last row.
             rows[b] = p.input_ids.numel() - 1 + torch.arange(n_rows).clamp(max=p.answer_ids.numel() - 1)
         tokens, rows = tokens.to(device), rows.to(device)
         recorder.rows = rows
-        logits = model(tokens)
+        # The mask changes nothing for right padding under causal attention, but without one a
+        # HookedTransformer whose tokenizer pads on the left masks every token equal to the pad id.
+        logits = model(tokens, attention_mask=attention_mask.to(device))
         top1 = recorder.take()
         predicted = logits[torch.arange(len(batch), device=device)[:, None], rows].argmax(-1)
         del logits
