@@ -1,48 +1,284 @@
-"""The ``headscope`` command line.
+"""The ``headscope`` command line: detect, knock out, patch and compare retrieval heads.
 
-``headscope main`` is the README's main job on the bundled SmolLM2 model.
+Every subcommand writes its results into ``--out`` as JSON (headscope's format, plus Wu et
+al.'s ``head_score`` format for scores), CSV, and a self-contained HTML report with the figures.
+``headscope main`` is the README's main job: detection on the bundled SmolLM2 over a needle grid.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from headscope.errors import HeadscopeError
 
+TASKS = ("needle", "mdqa", "multihop", "kv", "citation")
+KINDS = ("natural", "templated", "symbolic")
+HAYSTACKS = ("diverse", "templated", "symbolic")
 
-def _main_job(args: argparse.Namespace) -> int:
-    import torch
 
-    from headscope.models import DEFAULT_MODEL, load_model
-    from headscope.tasks import Sample
+def _load_model(spec: str, kind: str, weights: str | None = None) -> Any:
+    from headscope.models import known_models, load_folder, load_model
+
+    if spec.lower() in known_models():
+        model = load_model(spec, kind=kind)
+    elif Path(spec).is_dir():
+        model = load_folder(spec, kind=kind)
+    else:
+        raise HeadscopeError(f"--model {spec!r} is neither a known model ({', '.join(known_models())}) nor a folder")
+    if weights:
+        from headscope.finetune import load_weights
+
+        load_weights(model, weights)
+    return model
+
+
+def _samples(args: argparse.Namespace, model: Any) -> list[Any]:
+    from headscope import tasks
+    from headscope.models import model_info
+
+    tokenizer = model.tokenizer
+    common = dict(needle=args.needle, haystack=args.haystack, n_samples=args.n_samples, seed=args.seed)
+    if args.task == "needle":
+        samples = tasks.needle_grid(tokenizer, args.lengths, args.depths, n_ctx=model_info(model).n_ctx, **common)
+    else:
+        builder = {
+            "mdqa": tasks.mdqa,
+            "multihop": tasks.multihop_qa,
+            "kv": tasks.kv_retrieval,
+            "citation": tasks.citation,
+        }[args.task]
+        samples = builder(n_docs=args.n_docs, **common)
+    if args.chat and getattr(tokenizer, "chat_template", None):
+        samples = [s.with_chat_template(tokenizer) for s in samples]
+    return samples
+
+
+def _out(args: argparse.Namespace) -> Path:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _report(out: Path, title: str, sections: list[tuple[str, Any]]) -> None:
+    from headscope.viz import save_report
+
+    save_report(out / "report.html", title, sections)
+
+
+def _detect(args: argparse.Namespace) -> int:
+    from headscope.retrieval import RETRIEVAL_THRESHOLD, detect_retrieval_heads
+    from headscope.viz import top_heads_bar
 
     start = time.perf_counter()
-    model = load_model(args.model)
-    print(f"loaded {args.model or DEFAULT_MODEL} in {time.perf_counter() - start:.1f} s")
-    filler = "".join(
-        f"Note {i}: the committee met on a rainy day and discussed the budget for the new library. " for i in range(24)
+    model = _load_model(args.model, args.kind, args.weights)
+    samples = _samples(args, model)
+    print(f"{args.model}: {len(samples)} {args.task} samples, {args.mode} detection", flush=True)
+    scores = detect_retrieval_heads(
+        model, samples, mode=args.mode, needle_label=args.needle_label, max_new_tokens=args.max_new_tokens
     )
-    half = len(filler) // 2
-    context = filler[:half] + "The secret code for the vault is 4821. " + filler[half:]
-    sample = Sample(prompt=context + "\nWhat is the secret code for the vault?", answer=" 4821")
-    sample = sample.with_chat_template(model.tokenizer)
-    tokens = sample.encode(model.tokenizer).input_ids[None]
-    with torch.no_grad():
-        out = model.generate(tokens, max_new_tokens=14, do_sample=False, verbose=False)
-    answer = model.tokenizer.decode(out[0, tokens.shape[1] :], skip_special_tokens=True)
-    print(f"needle question over {tokens.shape[1]} tokens; the model answers: {answer.strip()!r}")
+    out = _out(args)
+    scores.save(out / "scores.json")
+    scores.to_wu_json(out / "head_score.json")
+    frame = scores.to_frame()
+    frame.to_csv(out / "scores.csv", index=False)
+    print(f"samples counted (answered correctly): {scores.n_counted} of {len(samples)}")
+    if scores.n_counted == 0:
+        _report(out, f"Retrieval heads of {args.model}", [("All heads", frame)])
+        print("no sample was answered, so no head has a score; try shorter contexts or another task")
+        return 1
+    values = scores.scores
+    share = float((values > RETRIEVAL_THRESHOLD).float().mean())
+    _report(
+        out,
+        f"Retrieval heads of {args.model}",
+        [
+            ("Retrieval score per head", scores.plot()),
+            (f"Top {args.top} heads", top_heads_bar(values, k=args.top)),
+            ("All heads", frame),
+        ],
+    )
+    print(f"top {args.top} heads:")
+    for (layer, head), score in scores.top(args.top):
+        print(f"  L{layer}H{head}  {score:.3f}")
+    print(f"heads above {RETRIEVAL_THRESHOLD}: {share:.1%} of {values.numel()}")
+    print(f"wrote {out}/scores.json, head_score.json, scores.csv, report.html in {time.perf_counter() - start:.0f} s")
     return 0
 
 
+def _knockout(args: argparse.Namespace) -> int:
+    from headscope.evaluate import answer_accuracy, retrieval_success
+    from headscope.knockout import knockout_curve
+    from headscope.retrieval import RetrievalScores
+
+    model = _load_model(args.model, args.kind, args.weights)
+    samples = _samples(args, model)
+    ranking = [head for head, _ in RetrievalScores.load(args.scores).top(max(args.ks))]
+    score_fn = answer_accuracy if args.metric == "teacher_forced" else retrieval_success
+    curve = knockout_curve(model, samples, ranking, score_fn, ks=args.ks, mode=args.mode, seeds=args.seeds)
+    out = _out(args)
+    curve.save(out / "knockout.json")
+    frame = curve.to_frame()
+    frame.to_csv(out / "knockout.csv", index=False)
+    _report(out, f"Knockout on {args.model}", [("Accuracy against heads knocked out", curve.plot()), ("Data", frame)])
+    print(frame.groupby(["kind", "k"])["accuracy"].mean().unstack(0).to_string())
+    print(f"wrote {out}/knockout.json, knockout.csv, report.html")
+    return 0
+
+
+def _patch(args: argparse.Namespace) -> int:
+    from headscope.compare import head_set
+    from headscope.patching import compare_patching
+    from headscope.retrieval import RetrievalScores
+
+    source = _load_model(args.source, args.kind, args.source_weights)
+    target = _load_model(args.target, args.kind, args.target_weights)
+    shared = set(head_set(RetrievalScores.load(args.source_scores).scores, top_k=args.top_k)) & set(
+        head_set(RetrievalScores.load(args.target_scores).scores, top_k=args.top_k)
+    )
+    args.model = args.target
+    samples = _samples(args, target)
+    encoded = [s.encode(target.tokenizer) for s in samples]
+    result = compare_patching(target, source, encoded, sorted(shared), n_random=args.n_random, seed=args.seed)
+    out = _out(args)
+    result.save(out / "patching.json")
+    frame = result.to_frame()
+    frame.to_csv(out / "patching.csv", index=False)
+    _report(
+        out, "Patching shared heads from source into target", [("Metric by head set", result.plot()), ("Data", frame)]
+    )
+    print(f"{len(shared)} shared heads among the top {args.top_k} of each model")
+    print(frame.to_string(index=False))
+    print(f"wrote {out}/patching.json, patching.csv, report.html")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from headscope.compare import head_set, jaccard, rank_correlation, recall
+    from headscope.retrieval import RetrievalScores
+    from headscope.viz import recall_scatter
+
+    reference, candidate = RetrievalScores.load(args.reference), RetrievalScores.load(args.candidate)
+    cut = dict(top_k=args.top_k) if args.threshold is None else dict(threshold=args.threshold)
+    ref_set, cand_set = set(head_set(reference.scores, **cut)), set(head_set(candidate.scores, **cut))
+    ranks = rank_correlation(reference.scores, candidate.scores, top_k=args.top_k)
+    summary = {
+        "reference": args.reference,
+        "candidate": args.candidate,
+        "cut": cut,
+        "recall": recall(ref_set, cand_set),
+        "jaccard": jaccard(ref_set, cand_set),
+        "spearman": ranks.spearman,
+        "top_k_overlap": ranks.overlap,
+        "shared_heads": [f"L{layer}H{head}" for layer, head in sorted(ref_set & cand_set)],
+    }
+    out = _out(args)
+    (out / "comparison.json").write_text(json.dumps(summary, indent=2))
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "label": reference.to_frame()["label"],
+            "reference": reference.scores.flatten(),
+            "candidate": candidate.scores.flatten(),
+        }
+    )
+    frame.to_csv(out / "comparison.csv", index=False)
+    figure = recall_scatter(frame["reference"], frame["candidate"], labels=list(frame["label"]), title="Head scores")
+    figure.update_layout(xaxis_title=args.reference, yaxis_title=args.candidate)
+    _report(out, "Head-set comparison", [("Scores of every head", figure), ("Summary", pd.DataFrame([summary]))])
+    for key in ("recall", "jaccard", "spearman", "top_k_overlap"):
+        print(f"{key}: {summary[key]:.3f}")
+    print(f"shared heads: {', '.join(summary['shared_heads']) or 'none'}")
+    print(f"wrote {out}/comparison.json, comparison.csv, report.html")
+    return 0
+
+
+def _add_model(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="a known model name or a saved HF folder")
+    parser.add_argument("--weights", help="fine-tuned weights (headscope.finetune.save_weights) to load into the model")
+
+
+def _add_task(parser: argparse.ArgumentParser, *, lengths: Sequence[int] = (500, 1000)) -> None:
+    group = parser.add_argument_group("task")
+    group.add_argument("--task", choices=TASKS, default="needle", help="task builder (default: %(default)s)")
+    group.add_argument("--needle", choices=KINDS, default="natural", help="needle realism (default: %(default)s)")
+    group.add_argument(
+        "--haystack", choices=HAYSTACKS, default="diverse", help="haystack diversity (default: %(default)s)"
+    )
+    group.add_argument(
+        "--lengths", type=int, nargs="+", default=list(lengths), help="needle task: context lengths in tokens"
+    )
+    group.add_argument("--depths", type=float, nargs="+", default=[0, 50, 100], help="needle task: depths in percent")
+    group.add_argument(
+        "--n-docs", type=int, default=10, help="document tasks: documents per sample (default: %(default)s)"
+    )
+    group.add_argument(
+        "--n-samples", type=int, default=2, help="samples per grid cell / per task (default: %(default)s)"
+    )
+    group.add_argument("--seed", type=int, default=0, help="seed of the task builder (default: %(default)s)")
+    group.add_argument("--no-chat", dest="chat", action="store_false", help="do not wrap prompts in the chat template")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="headscope", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="headscope", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--kind", choices=("bridge", "hooked"), default="bridge", help="TransformerLens model kind")
     sub = parser.add_subparsers(dest="command", required=True)
-    main = sub.add_parser("main", help="the main job on the bundled SmolLM2 model")
-    main.add_argument("--model", default="smollm2-135m-instruct", help="model name (default: %(default)s)")
-    main.set_defaults(run=_main_job)
+
+    def command(name: str, run: Any, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--out", default=f"headscope-results/{name}", help="output folder (default: %(default)s)")
+        p.set_defaults(run=run)
+        return p
+
+    for name, help in (
+        ("main", "the main job: detect retrieval heads of SmolLM2 on a needle grid"),
+        ("detect", "detect retrieval heads (Wu et al.'s copy-paste score)"),
+    ):
+        p = command(name, _detect, help)
+        _add_model(p)
+        _add_task(p)
+        p.add_argument(
+            "--mode", choices=("teacher_forced", "generation"), default="teacher_forced", help="detection mode"
+        )
+        p.add_argument("--needle-label", default="needle", help="span to copy from: needle, or answer for QA tasks")
+        p.add_argument("--max-new-tokens", type=int, default=32, help="generation mode: tokens to decode")
+        p.add_argument("--top", type=int, default=10, help="how many top heads to print (default: %(default)s)")
+        if name == "main":  # Wu et al.'s procedure on needles SmolLM2 answers reliably
+            p.set_defaults(mode="generation", needle="templated", depths=[0, 25, 50, 75, 100], n_samples=1)
+
+    p = command("knockout", _knockout, "knock out the top retrieval heads and as many random heads")
+    _add_model(p)
+    _add_task(p)
+    p.add_argument("--scores", required=True, help="scores.json written by `headscope detect`")
+    p.add_argument("--ks", type=int, nargs="+", default=[1, 5, 10, 20], help="numbers of heads to knock out")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the random-head baselines")
+    p.add_argument("--mode", choices=("uniform", "zero", "edge", "mean"), default="uniform", help="knockout mode")
+    p.add_argument("--metric", choices=("teacher_forced", "generation"), default="teacher_forced", help="task score")
+
+    p = command("patch", _patch, "patch the heads two models share from a source model into a target model")
+    p.add_argument("--source", required=True, help="model whose activations are patched in (name or folder)")
+    p.add_argument("--target", required=True, help="model patched into (name or folder)")
+    p.add_argument("--source-weights", help="fine-tuned weights for the source model")
+    p.add_argument("--target-weights", help="fine-tuned weights for the target model")
+    p.add_argument("--source-scores", required=True, help="scores.json of the source model")
+    p.add_argument("--target-scores", required=True, help="scores.json of the target model")
+    p.add_argument("--top-k", type=int, default=20, help="head set of each model: its top k heads")
+    p.add_argument("--n-random", type=int, default=3, help="random head sets of equal size")
+    _add_task(p)
+
+    p = command("compare", _compare, "compare two score files: recall, Jaccard overlap, rank correlation")
+    p.add_argument("reference", help="scores.json of the reference model (e.g. real data)")
+    p.add_argument("candidate", help="scores.json of the candidate model (e.g. synthetic data)")
+    p.add_argument("--top-k", type=int, default=20, help="head sets are the top k heads (default: %(default)s)")
+    p.add_argument("--threshold", type=float, help="head sets are the heads scoring above this instead")
     return parser
 
 
@@ -50,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except HeadscopeError as error:
+    except (HeadscopeError, FileNotFoundError, json.JSONDecodeError) as error:
         print(f"headscope: error: {error}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,66 @@
+"""Score a model on task samples: greedy answers, teacher-forced accuracy, retrieval success.
+
+These are the ``score_fn(model, sample) -> float`` functions that knockout curves, patching
+comparisons and the pipeline take. They run whatever hooks are attached, so calling one inside
+``with knockout(...)`` scores the knocked-out model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from headscope.models import model_info, tokenizer_of
+from headscope.retrieval import greedy_steps
+from headscope.tasks import Sample, rouge1_recall
+
+__all__ = ["answer_accuracy", "generate_answer", "retrieval_success"]
+
+
+def generate_answer(model: Any, sample: Sample, *, max_new_tokens: int = 32) -> str:
+    """The model's greedy continuation of ``sample.prompt`` (KV-cached), decoded, stopping at EOS.
+
+    >>> from headscope import load_model
+    >>> isinstance(generate_answer(load_model("tiny-llama"), Sample("The key is", " blue"), max_new_tokens=3), str)
+    True
+    """
+    tokenizer = tokenizer_of(model)
+    ids = sample.encode(tokenizer).input_ids
+    model_info(model).check_length(len(ids) + max_new_tokens)
+    stop = {tokenizer.eos_token_id} - {None}
+    with torch.no_grad():
+        tokens = list(greedy_steps(model, ids, max_new_tokens=max_new_tokens, stop_ids=stop))
+    return tokenizer.decode([t for t in tokens if t not in stop], skip_special_tokens=True)
+
+
+def retrieval_success(model: Any, sample: Sample, *, threshold: float = 0.5, max_new_tokens: int = 32) -> float:
+    """1.0 when the ROUGE-1 recall of the gold answer in the greedy answer exceeds ``threshold``, else 0.0.
+
+    Wu et al.'s criterion for "the model retrieved the needle".
+    """
+    return float(
+        rouge1_recall(generate_answer(model, sample, max_new_tokens=max_new_tokens), sample.answer) > threshold
+    )
+
+
+def answer_accuracy(model: Any, sample: Sample) -> float:
+    """Fraction of the gold answer's tokens that the model's argmax reproduces under teacher forcing.
+
+    One forward pass over prompt + answer; cheap enough for sweeps.
+
+    >>> from headscope import load_model
+    >>> 0.0 <= answer_accuracy(load_model("tiny-llama"), Sample("The key is", " blue")) <= 1.0
+    True
+    """
+    enc = sample.encode(tokenizer_of(model))
+    n = len(enc.answer_ids)
+    if n == 0:
+        raise ValueError("the sample's answer is empty: nothing to score")
+    tokens = torch.cat([enc.input_ids, enc.answer_ids])
+    model_info(model).check_length(len(tokens))
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        logits = model(tokens[None].to(device))[0]
+    predicted = logits[len(enc.input_ids) - 1 : -1].argmax(-1).cpu()
+    return (predicted == enc.answer_ids).float().mean().item()
