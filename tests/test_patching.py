@@ -319,7 +319,7 @@ def test_patching_result_round_trips_through_save_and_load(tmp_path):
     assert back == result and torch.equal(back.values, result.values)
     frame = result.to_frame()
     assert list(frame.columns) == ["layer", "head", "label", "value", "effect"] and len(frame) == 8
-    best = result.top(1)[0]
+    best, _ = result.top(1)[0]
     assert frame.loc[frame.effect.idxmax(), "label"] == f"L{best[0]}H{best[1]}"
     fig = result.plot()
     assert fig.data[0].zmid == 0 and fig.data[0].z.shape == (2, 4)

@@ -30,7 +30,7 @@ class PatchingResult:
 
     >>> r = PatchingResult(torch.tensor([[0.0, 2.0], [1.0, 0.5]]), metric="logit_diff", baseline=0.0, reference=2.0)
     >>> r.top(2), r.recovered()[1, 0].item()
-    ([(0, 1), (1, 0)], 0.5)
+    ([((0, 1), 2.0), ((1, 0), 1.0)], 0.5)
     """
 
     values: Float[Tensor, "layer head"]
@@ -57,15 +57,19 @@ class PatchingResult:
             )
         return self.effects() / (self.reference - self.baseline)
 
-    def top(self, k: int, *, by: str = "effect") -> list[Head]:
-        """The ``k`` heads with the largest effect (``by="effect"``) or largest absolute effect (``"abs"``)."""
+    def top(self, k: int, *, by: str = "effect") -> list[tuple[Head, float]]:
+        """The ``k`` heads with the largest effect (``by="effect"``) or largest absolute effect (``"abs"``).
+
+        Each entry is ``((layer, head), effect)``, as ``RetrievalScores.top`` gives ``((layer, head), score)``.
+        """
         if by not in ("effect", "abs"):
             raise ValueError(f"by must be 'effect' or 'abs'; got {by!r}")
         scores = self.effects().flatten()
         scores = scores.abs() if by == "abs" else scores
         order = torch.argsort(scores, descending=True, stable=True)[: max(0, k)]
         n_heads = self.values.shape[1]
-        return [(int(i) // n_heads, int(i) % n_heads) for i in order]
+        effects = self.effects().flatten()
+        return [((int(i) // n_heads, int(i) % n_heads), float(effects[i])) for i in order]
 
     def to_frame(self) -> Any:
         """Long pandas frame: ``layer, head, label, value, effect``."""
