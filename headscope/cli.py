@@ -53,7 +53,8 @@ def _samples(args: argparse.Namespace, model: Any) -> list[Any]:
             "kv": tasks.kv_retrieval,
             "citation": tasks.citation,
         }[args.task]
-        samples = builder(n_docs=args.n_docs, **common)
+        size = {"n_pairs" if args.task == "kv" else "n_docs": args.n_docs}
+        samples = builder(**size, **common)
     if args.chat and getattr(tokenizer, "chat_template", None):
         samples = [s.with_chat_template(tokenizer) for s in samples]
     return samples
@@ -166,7 +167,7 @@ def _compare(args: argparse.Namespace) -> int:
     reference, candidate = RetrievalScores.load(args.reference), RetrievalScores.load(args.candidate)
     cut = dict(top_k=args.top_k) if args.threshold is None else dict(threshold=args.threshold)
     ref_set, cand_set = set(head_set(reference.scores, **cut)), set(head_set(candidate.scores, **cut))
-    ranks = rank_correlation(reference.scores, candidate.scores, top_k=args.top_k)
+    ranks = rank_correlation(reference.scores, candidate.scores, top_k=min(args.top_k, reference.scores.numel()))
     summary = {
         "reference": args.reference,
         "candidate": args.candidate,
@@ -216,7 +217,7 @@ def _add_task(parser: argparse.ArgumentParser, *, lengths: Sequence[int] = (500,
     )
     group.add_argument("--depths", type=float, nargs="+", default=[0, 50, 100], help="needle task: depths in percent")
     group.add_argument(
-        "--n-docs", type=int, default=10, help="document tasks: documents per sample (default: %(default)s)"
+        "--n-docs", type=int, default=10, help="document tasks: documents (kv: pairs) per sample (default: %(default)s)"
     )
     group.add_argument(
         "--n-samples", type=int, default=2, help="samples per grid cell / per task (default: %(default)s)"

@@ -1,0 +1,86 @@
+"""The ``headscope`` command line: outputs on disk, printed summaries, and clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from headscope.cli import build_parser, main
+from headscope.retrieval import RetrievalScores
+
+
+def _scores(path, grid, model="m"):
+    scores = RetrievalScores(torch.tensor(grid, dtype=torch.float64), 1, 1, model, "teacher_forced")
+    scores.save(path)
+    return path
+
+
+def test_compare_writes_json_csv_and_report(tmp_path, capsys):
+    a = _scores(tmp_path / "a.json", [[0.9, 0.0, 0.5], [0.0, 0.7, 0.1]])
+    b = _scores(tmp_path / "b.json", [[0.8, 0.6, 0.0], [0.0, 0.2, 0.0]])
+    out = tmp_path / "out"
+    assert main(["compare", str(a), str(b), "--top-k", "2", "--out", str(out)]) == 0
+    summary = json.loads((out / "comparison.json").read_text())
+    # top-2 of a: L0H0, L1H1; top-2 of b: L0H0, L0H1 -> one shared head
+    assert summary["recall"] == 0.5 and summary["jaccard"] == pytest.approx(1 / 3)
+    assert summary["shared_heads"] == ["L0H0"]
+    frame = pd.read_csv(out / "comparison.csv")
+    assert list(frame["label"]) == ["L0H0", "L0H1", "L0H2", "L1H0", "L1H1", "L1H2"]
+    html = (out / "report.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and "Head-set comparison" in html
+    assert "recall: 0.500" in capsys.readouterr().out
+
+
+def test_compare_with_a_threshold_cuts_sets_by_score(tmp_path):
+    a = _scores(tmp_path / "a.json", [[0.9, 0.05], [0.3, 0.0]])
+    b = _scores(tmp_path / "b.json", [[0.2, 0.5], [0.0, 0.0]])
+    assert main(["compare", str(a), str(b), "--threshold", "0.1", "--out", str(tmp_path / "o")]) == 0
+    summary = json.loads((tmp_path / "o" / "comparison.json").read_text())
+    assert summary["recall"] == 0.5  # reference {L0H0, L1H0}, candidate {L0H0, L0H1}
+
+
+def test_unreadable_score_file_is_a_clear_error(tmp_path, capsys):
+    missing = tmp_path / "nope.json"
+    assert main(["compare", str(missing), str(missing), "--out", str(tmp_path / "o")]) == 2
+    assert "nope.json" in capsys.readouterr().err
+
+
+def test_unknown_model_is_a_clear_error(tmp_path, capsys):
+    assert main(["detect", "--model", "gpt-5", "--out", str(tmp_path)]) == 2
+    assert "neither a known model" in capsys.readouterr().err
+
+
+def test_bad_options_are_rejected_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["detect", "--mode", "fastest"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'fastest'" in capsys.readouterr().err
+
+
+def test_every_option_has_help():
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command").choices
+    for name, sub in subparsers.items():
+        for action in sub._actions:
+            assert action.help, f"headscope {name} {action.option_strings or action.dest} has no help"
+
+
+@pytest.mark.smollm2
+def test_detect_then_knockout_on_smollm2(smollm2, tmp_path, capsys):
+    task = ["--needle", "templated", "--lengths", "250", "--depths", "50", "--n-samples", "1"]
+    out = tmp_path / "detect"
+    assert main(["detect", *task, "--mode", "generation", "--max-new-tokens", "16", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "samples counted (answered correctly): 1 of 1" in printed and "heads above 0.1" in printed
+    scores = RetrievalScores.load(out / "scores.json")
+    wu = json.loads((out / "head_score.json").read_text())
+    assert len(wu) == 270 and scores.n_counted == 1
+    best, score = scores.top(1)[0]
+    assert wu[f"{best[0]}-{best[1]}"] == [pytest.approx(score)]
+    assert main(["knockout", *task, "--scores", str(out / "scores.json"), "--ks", "5", "--seeds", "0",
+                 "--out", str(tmp_path / "ko")]) == 0  # fmt: skip
+    frame = pd.read_csv(tmp_path / "ko" / "knockout.csv")
+    assert set(frame["kind"]) == {"top", "random"} and set(frame["k"]) >= {5}
