@@ -1,0 +1,201 @@
+"""``PipelineResult``: every number the synthetic-versus-real pipeline measured, with figures and a summary."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from headscope.compare import Correlation
+from headscope.finetune import FinetuneResult
+from headscope.heads import Head
+from headscope.knockout import KnockoutCurve
+from headscope.patching import PatchingComparison
+from headscope.pipeline._config import PipelineConfig
+from headscope.retrieval import RetrievalScores
+
+__all__ = ["PipelineResult", "VariantResult"]
+
+
+@dataclass(frozen=True)
+class VariantResult:
+    """One fine-tuned model: its data, task score on the real task, head set and recall of the real heads.
+
+    ``heads`` are the model's retrieval heads (its ``top_k`` best with a positive score, best
+    first); ``recall`` is ``|heads ∩ real heads| / |real heads|`` (1.0 for the real model) and
+    ``jaccard`` their Jaccard overlap, both ``None`` when the real model has no retrieval head.
+    """
+
+    name: str
+    needle: str
+    haystack: str
+    accuracy: float
+    logprob: float
+    heads: tuple[Head, ...]
+    recall: float | None
+    jaccard: float | None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VariantResult:
+        return cls(**{**data, "heads": tuple(tuple(h) for h in data["heads"])})
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """What :func:`~headscope.pipeline.run_pipeline` measured.
+
+    ``variants[0]`` is the real-data model, the rest the synthetic ones in config order.
+    ``scores`` and ``training`` map each variant name to its retrieval scores and fine-tuning
+    run; ``pretraining`` is the base model's pre-training run (``None`` for a named base).
+    ``correlations`` maps a score name (``"accuracy"``, ``"logprob"``) to the Spearman
+    correlation of recall with that score across the synthetic variants, or ``None`` where
+    undefined (``notes`` says why). ``knockout`` knocks out the real model's top heads against
+    random heads; ``patching`` patches heads from the real model into ``patch_target`` (``None``
+    when the shared set is empty or is every head). ``seconds`` times each stage.
+    """
+
+    config: PipelineConfig
+    variants: tuple[VariantResult, ...]
+    scores: dict[str, RetrievalScores]
+    training: dict[str, FinetuneResult]
+    pretraining: FinetuneResult | None
+    correlations: dict[str, Correlation | None]
+    knockout: KnockoutCurve
+    patching: PatchingComparison | None
+    patch_target: str
+    seconds: dict[str, float]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def real(self) -> VariantResult:
+        return self.variants[0]
+
+    @property
+    def synthetic(self) -> tuple[VariantResult, ...]:
+        return self.variants[1:]
+
+    def to_frame(self) -> Any:
+        """One row per model: name, needle, haystack, accuracy, logprob, recall, jaccard, n_heads, heads."""
+        import pandas as pd
+
+        rows = [
+            {
+                **{k: v for k, v in asdict(v).items() if k != "heads"},
+                "n_heads": len(v.heads),
+                "heads": " ".join(f"L{layer}H{head}" for layer, head in v.heads),
+            }
+            for v in self.variants
+        ]
+        return pd.DataFrame(rows)
+
+    def plot(self) -> dict[str, Any]:
+        """Figures by name: recall against accuracy, the real model's head map, knockout, patching, training loss."""
+        from headscope.viz import recall_scatter
+
+        syn = self.synthetic
+        figures: dict[str, Any] = {}
+        corr = self.correlations.get("accuracy")
+        if all(v.recall is not None for v in syn):  # without real heads there is no recall to draw
+            figures["recall_vs_accuracy"] = recall_scatter(
+                [v.recall for v in syn],
+                [v.accuracy for v in syn],
+                [v.name for v in syn],
+                correlation=_describe(corr, "accuracy") if corr is not None else "Spearman undefined (see notes)",
+                title="Recall of the real model's retrieval heads against task accuracy",
+                y_title="exact-match accuracy on the real task",
+            )
+        figures["real_heads"] = self.scores[self.real.name].plot(title="retrieval scores of the real-data model")
+        figures["knockout"] = self.knockout.plot(
+            title="real-data model: top retrieval heads vs random heads knocked out"
+        )
+        if self.patching is not None:
+            figures["patching"] = self.patching.plot(
+                title=f"patching the real model's heads into {self.patch_target} ({self.patching.metric})"
+            )
+        figures["training"] = _loss_figure(self.training)
+        if self.pretraining is not None:
+            figures["pretraining"] = self.pretraining.plot().update_layout(title="pre-training of the base model")
+        return figures
+
+    def summary(self) -> str:
+        """A plain-text report of every measured number and what it does (or does not) show."""
+        from headscope.pipeline._summary import summarize
+
+        return summarize(self)
+
+    # -- persistence --------------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """Write the result into the folder ``path`` (JSON files); :meth:`load` reads it back equal."""
+        root = Path(path)
+        (root / "scores").mkdir(parents=True, exist_ok=True)
+        (root / "training").mkdir(exist_ok=True)
+        names = [v.name for v in self.variants]
+        for i, name in enumerate(names):
+            self.scores[name].save(root / "scores" / f"{i}.json")
+            self.training[name].save(root / "training" / f"{i}.json")
+        self.knockout.save(root / "knockout.json")
+        if self.pretraining is not None:
+            self.pretraining.save(root / "training" / "pretraining.json")
+        if self.patching is not None:
+            self.patching.save(root / "patching.json")
+        for key, corr in self.correlations.items():
+            if corr is not None:
+                corr.save(root / f"correlation-{key}.json")
+        meta = {
+            "format": "headscope.PipelineResult",
+            "version": 1,
+            "config": self.config.to_dict(),
+            "variants": [asdict(v) for v in self.variants],
+            "correlations": {k: v is not None for k, v in self.correlations.items()},
+            "patch_target": self.patch_target,
+            "seconds": self.seconds,
+            "notes": list(self.notes),
+        }
+        (root / "pipeline.json").write_text(json.dumps(meta, indent=1))
+        return root
+
+    @classmethod
+    def load(cls, path: str | Path) -> PipelineResult:
+        root = Path(path)
+        meta_path = root / "pipeline.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{root} holds no pipeline.json: not a folder written by PipelineResult.save")
+        meta = json.loads(meta_path.read_text())
+        variants = tuple(VariantResult.from_dict(v) for v in meta["variants"])
+        names = [v.name for v in variants]
+        patching = root / "patching.json"
+        pretraining = root / "training" / "pretraining.json"
+        return cls(
+            config=PipelineConfig.from_dict(meta["config"]),
+            variants=variants,
+            scores={n: RetrievalScores.load(root / "scores" / f"{i}.json") for i, n in enumerate(names)},
+            training={n: FinetuneResult.load(root / "training" / f"{i}.json") for i, n in enumerate(names)},
+            pretraining=FinetuneResult.load(pretraining) if pretraining.is_file() else None,
+            correlations={
+                k: Correlation.load(root / f"correlation-{k}.json") if present else None
+                for k, present in meta["correlations"].items()
+            },
+            knockout=KnockoutCurve.load(root / "knockout.json"),
+            patching=PatchingComparison.load(patching) if patching.is_file() else None,
+            patch_target=meta["patch_target"],
+            seconds=meta["seconds"],
+            notes=tuple(meta["notes"]),
+        )
+
+
+def _describe(corr: Correlation, score: str) -> str:
+    return (
+        f"Spearman ρ(recall, {score}) = {corr.value:.2f}, {corr.confidence:.0%} bootstrap CI "
+        f"[{corr.ci_low:.2f}, {corr.ci_high:.2f}], p = {corr.p_value:.2g}, n = {corr.n}"
+    )
+
+
+def _loss_figure(training: dict[str, FinetuneResult]) -> Any:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name, run in training.items():
+        fig.add_trace(go.Scatter(y=list(run.losses), mode="lines", name=name))
+    return fig.update_layout(title="fine-tuning loss per variant", xaxis_title="step", yaxis_title="answer loss")

@@ -1,0 +1,228 @@
+"""``run_pipeline``: the seed paper's experiment, stage by stage, each stage a small function."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from headscope.compare import Correlation, correlate, head_set, jaccard, recall
+from headscope.finetune import FinetuneResult, finetune
+from headscope.heads import Head
+from headscope.knockout import KnockoutCurve, knockout_curve
+from headscope.models import load_folder, load_model, model_info, tiny_folder, tokenizer_of
+from headscope.patching import PatchingComparison, compare_patching
+from headscope.pipeline._config import PipelineConfig, Variant
+from headscope.pipeline._data import generic_samples, variant_samples
+from headscope.pipeline._result import PipelineResult, VariantResult
+from headscope.pipeline._score import answer_correct, task_score
+from headscope.retrieval import RetrievalScores, detect_retrieval_heads
+from headscope.tasks import Sample
+
+__all__ = ["base_model", "count_every_sample", "finetune_variant", "retrieval_heads", "run_pipeline"]
+
+
+def count_every_sample(sample: Sample, output: str) -> bool:
+    """Detection's success rule here: every sample counts (a hit still needs a correct copy)."""
+    return True
+
+
+def base_model(config: PipelineConfig, *, progress: bool = False) -> tuple[Any, FinetuneResult | None]:
+    """The model every variant starts from, and its pre-training run (``None`` for a named model).
+
+    ``config.base == "scratch"``: a fresh small Llama pre-trained on plain documents; otherwise
+    the named model from :func:`~headscope.load_model`.
+    """
+    if config.base != "scratch":
+        return load_model(config.base), None
+    folder = tiny_folder(
+        "llama",
+        n_layers=config.n_layers,
+        d_model=config.d_model,
+        n_heads=config.n_heads,
+        n_kv_heads=config.n_kv_heads,
+        n_ctx=config.n_ctx,
+        seed=config.seed,
+    )
+    model = load_folder(folder)
+    model.cfg.model_name = f"scratch-llama-{config.n_layers}x{config.n_heads}"
+    if config.pretrain_steps == 0:
+        return model, None
+    text = generic_samples(tokenizer_of(model), n=4 * config.batch_size * 8, length=config.length, seed=config.seed)
+    run = finetune(
+        model,
+        text,
+        train="all",
+        lr=config.pretrain_lr,
+        steps=config.pretrain_steps,
+        batch_size=config.batch_size,
+        schedule="cosine",
+        warmup=min(20, config.pretrain_steps // 5),
+        seed=config.seed,
+        progress=progress,
+    )
+    return model, run
+
+
+def finetune_variant(
+    base: Any, samples: Sequence[Sample], config: PipelineConfig, *, progress: bool = False
+) -> tuple[Any, FinetuneResult]:
+    """A copy of ``base`` fine-tuned on ``samples`` (``config.train`` parameters); ``base`` is left untouched."""
+    model = copy.deepcopy(base)
+    run = finetune(
+        model,
+        samples,
+        train=config.train,  # type: ignore[arg-type]
+        lr=config.lr,
+        steps=config.finetune_steps,
+        batch_size=config.batch_size,
+        schedule="cosine",
+        warmup=min(20, config.finetune_steps // 5),
+        seed=config.seed,
+        progress=progress,
+    )
+    return model, run
+
+
+def retrieval_heads(
+    model: Any, samples: Sequence[Sample], config: PipelineConfig
+) -> tuple[RetrievalScores, list[Head]]:
+    """Teacher-forced retrieval scores on ``samples`` and the head set: the ``top_k`` best with a positive score."""
+    scores = detect_retrieval_heads(
+        model, samples, success=count_every_sample, require_prediction=config.require_prediction, progress=False
+    )
+    heads = head_set(scores.hit_sums, top_k=config.top_k, threshold=0.0)
+    return scores, heads
+
+
+def _correlations(synthetic: Sequence[VariantResult], config: PipelineConfig) -> tuple[dict, list[str]]:
+    corrs: dict[str, Correlation | None] = {}
+    notes: list[str] = []
+    recalls = [v.recall for v in synthetic]
+    if None in recalls:
+        return dict.fromkeys(("accuracy", "logprob")), []
+    for key in ("accuracy", "logprob"):
+        values = [getattr(v, key) for v in synthetic]
+        try:
+            corrs[key] = correlate(
+                recalls, values, n_boot=config.n_boot, seed=config.seed, labels=[v.name for v in synthetic]
+            )
+        except ValueError as err:
+            corrs[key] = None
+            notes.append(f"no correlation of recall with {key}: {err}")
+    return corrs, notes
+
+
+def _patch_target(variants: Sequence[VariantResult], config: PipelineConfig) -> VariantResult:
+    """The configured target, else the synthetic variant scoring lowest (largest gap to close)."""
+    synthetic = variants[1:]
+    if config.patch_target is not None:
+        return next(v for v in synthetic if v.name == config.patch_target)
+    return min(synthetic, key=lambda v: (v.accuracy, v.logprob))
+
+
+def _patching(
+    real: Any, target: Any, shared: list[Head], samples: Sequence[Sample], config: PipelineConfig
+) -> tuple[PatchingComparison | None, str | None]:
+    n_all = model_info(real).n_layers * model_info(real).n_heads
+    if not shared or len(shared) == n_all:
+        return None, f"no patching: the shared head set has {len(shared)} of {n_all} heads (needs some, not all)"
+    encoded = [s.encode(tokenizer_of(target)) for s in samples]
+    cmp = compare_patching(target, real, encoded, shared, n_random=config.n_random, seed=config.seed, progress=False)
+    return cmp, None
+
+
+def run_pipeline(config: PipelineConfig, *, progress: bool = True) -> PipelineResult:
+    """Fine-tune the base on each variant, score, detect heads, correlate, knock out and patch.
+
+    1. Build the base model (:func:`base_model`) and fine-tune a copy on the real data and on each
+       synthetic variant (:func:`finetune_variant`).
+    2. Score each model on held-out real samples (:func:`task_score`) and detect its retrieval
+       heads on them (:func:`retrieval_heads`); recall = share of the real model's heads recovered.
+    3. Correlate recall with each score across the synthetic variants (Spearman, bootstrap CI).
+    4. Knock out the real model's top heads against random heads (:func:`~headscope.knockout.knockout_curve`).
+    5. Patch the heads the real model shares with the patch target from real into target, against
+       the complement and random sets (:func:`~headscope.patching.compare_patching`).
+    """
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[name] = seconds.get(name, 0.0) + now - clock
+        clock = now
+
+    base, pretraining = base_model(config, progress=False)
+    tok, n_ctx = tokenizer_of(base), model_info(base).n_ctx
+    eval_samples = variant_samples(config, config.real, tok, split="eval", n_ctx=n_ctx)
+    lap("pretrain")
+    models: dict[str, Any] = {}
+    training: dict[str, FinetuneResult] = {}
+    scores: dict[str, RetrievalScores] = {}
+    rows: list[dict[str, Any]] = []
+    variants: list[Variant] = [config.real, *config.variants]
+    for variant in tqdm(variants, desc="variants", disable=not progress):
+        train = variant_samples(config, variant, tok, split="train", n_ctx=n_ctx)
+        models[variant.name], training[variant.name] = finetune_variant(base, train, config)
+        lap("finetune")
+        score = task_score(models[variant.name], eval_samples)
+        scores[variant.name], heads = retrieval_heads(models[variant.name], eval_samples, config)
+        rows.append(dict(variant=variant, score=score, heads=heads))
+        lap("evaluate")
+    real_heads = rows[0]["heads"]
+    notes: list[str] = []
+    if not real_heads:
+        notes.append(
+            "the real-data model has no retrieval head (no head copied a correctly predicted answer token), so "
+            "recall is undefined (None); train longer (finetune_steps), on more data (n_train) or with a higher lr"
+        )
+    results = tuple(
+        VariantResult(
+            name=r["variant"].name,
+            needle=r["variant"].needle,
+            haystack=r["variant"].haystack,
+            accuracy=r["score"].accuracy,
+            logprob=r["score"].logprob,
+            heads=tuple(r["heads"]),
+            recall=recall(real_heads, r["heads"]) if real_heads else None,
+            jaccard=jaccard(real_heads, r["heads"]) if real_heads or r["heads"] else None,
+        )
+        for r in rows
+    )
+    correlations, corr_notes = _correlations(results[1:], config)
+    notes += corr_notes
+    ranking = scores[config.real.name].top(model_info(base).n_layers * model_info(base).n_heads)
+    ks = [k for k in config.knockout_ks if k <= len(ranking)]
+    knock: KnockoutCurve = knockout_curve(
+        models[config.real.name],
+        eval_samples,
+        [h for h, _ in ranking],
+        answer_correct,
+        ks=ks,
+        seeds=config.knockout_seeds,
+        progress=False,
+    )
+    lap("knockout")
+    target = _patch_target(results, config)
+    shared = sorted(set(real_heads) & set(target.heads))
+    patching, note = _patching(models[config.real.name], models[target.name], shared, eval_samples, config)
+    notes += [note] if note else []
+    lap("patching")
+    seconds["total"] = sum(seconds.values())
+    return PipelineResult(
+        config=config,
+        variants=results,
+        scores=scores,
+        training=training,
+        pretraining=pretraining,
+        correlations=correlations,
+        knockout=knock,
+        patching=patching,
+        patch_target=target.name,
+        seconds=seconds,
+        notes=tuple(notes),
+    )
