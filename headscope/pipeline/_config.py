@@ -73,8 +73,9 @@ class PipelineConfig:
     model's ``top_k`` heads with a positive retrieval score;
     knockout removes the real model's top ``knockout_ks`` heads against ``knockout_seeds``
     random draws; patching copies the heads shared by the real model and ``patch_target``
-    (default: the lowest-scoring synthetic variant) against their complement and ``n_random``
-    random sets; the correlation's interval comes from ``n_boot`` bootstrap resamples.
+    (default: the lowest-scoring synthetic variant that shares a head with the real model)
+    against their complement and ``n_random`` random sets; the correlation's interval comes
+    from ``n_boot`` bootstrap resamples.
 
     >>> PipelineConfig.smoke().n_variants
     5
@@ -165,7 +166,7 @@ class PipelineConfig:
 
     @classmethod
     def full(cls, **changes: Any) -> PipelineConfig:
-        """The laptop-scale experiment: six synthetic variants (about 20-30 minutes on two CPU cores)."""
+        """The laptop-scale experiment: six synthetic variants; about 11 minutes (637 s) on a shared 2-core CPU."""
         return replace(cls(), **changes)
 
     def to_dict(self) -> dict[str, Any]:

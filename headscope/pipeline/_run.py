@@ -117,11 +117,16 @@ def _correlations(synthetic: Sequence[VariantResult], config: PipelineConfig) ->
 
 
 def _patch_target(variants: Sequence[VariantResult], config: PipelineConfig) -> VariantResult:
-    """The configured target, else the synthetic variant scoring lowest (largest gap to close)."""
+    """The configured target, else the lowest-scoring synthetic variant that shares a head with the real model.
+
+    The lowest score leaves the largest gap to close; without a shared head there is nothing to
+    patch, so variants sharing none come last.
+    """
     synthetic = variants[1:]
     if config.patch_target is not None:
         return next(v for v in synthetic if v.name == config.patch_target)
-    return min(synthetic, key=lambda v: (v.accuracy, v.logprob))
+    real = set(variants[0].heads)
+    return min(synthetic, key=lambda v: (not real & set(v.heads), v.accuracy, v.logprob))
 
 
 def _patching(

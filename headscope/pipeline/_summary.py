@@ -32,6 +32,9 @@ def _correlation(key: str, corr: Correlation | None) -> str:
         if corr.ci_low > 0 or corr.ci_high < 0
         else "the interval includes 0: no evidence either way"
     )
+    if (corr.ci_low > 0 or corr.ci_high < 0) and corr.p_value >= 0.05:
+        verdict += f", but its p = {corr.p_value:.2g} is not below 0.05 (a percentile bootstrap "
+        verdict += f"over {corr.n} points is optimistic)"
     return (
         f"Spearman(recall, {key}) = {corr.value:+.2f}, {corr.confidence:.0%} bootstrap CI "
         f"[{corr.ci_low:+.2f}, {corr.ci_high:+.2f}], p = {corr.p_value:.2g}, n = {corr.n} variants; {verdict}"
