@@ -6,7 +6,7 @@ recall-score correlation, knockout of top vs random heads, and patching of the s
 Writes ``summary.txt``, ``variants.csv``, the result folder (JSON) and ``report.html`` to ``--out``.
 
     python examples/synthetic_vs_real.py --smoke          # a minute or two
-    python examples/synthetic_vs_real.py --out results/   # the full run, about 11 minutes on 2 shared cores
+    python examples/synthetic_vs_real.py --out results/   # the full run, 5-11 minutes on 2 shared cores
 """
 
 from __future__ import annotations

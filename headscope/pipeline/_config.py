@@ -166,7 +166,7 @@ class PipelineConfig:
 
     @classmethod
     def full(cls, **changes: Any) -> PipelineConfig:
-        """The laptop-scale experiment: six synthetic variants; about 11 minutes (637 s) on a shared 2-core CPU."""
+        """The laptop-scale experiment: six synthetic variants; 5-11 minutes (331-637 s) on a shared 2-core CPU."""
         return replace(cls(), **changes)
 
     def to_dict(self) -> dict[str, Any]:
