@@ -4,10 +4,15 @@ Detect the attention heads that copy from a long context (Wu et al. 2024), knock
 patch them between runs and models, and compare head sets across models, as in Zhao, Yin and
 Durrett, *Understanding Synthetic Context Extension via Retrieval Heads* (ICML 2025).
 
-Each capability is a subpackage (``headscope.models``, ``tasks``, ``retrieval``, ``knockout``,
-``patching``, ``compare``, ``finetune``, ``viz``); the names most work needs are re-exported here.
+Each capability is a subpackage (``headscope.models``, ``tasks``, ``retrieval``, ``ablation``,
+``patching``, ``compare``, ``training``, ``viz``, ``pipeline``); the names most work needs are
+re-exported here.
 """
 
+from headscope.ablation import Knockout as Knockout
+from headscope.ablation import KnockoutCurve as KnockoutCurve
+from headscope.ablation import knockout as knockout
+from headscope.ablation import knockout_curve as knockout_curve
 from headscope.compare import Correlation as Correlation
 from headscope.compare import correlate as correlate
 from headscope.compare import head_set as head_set
@@ -24,19 +29,9 @@ from headscope.errors import SpanError as SpanError
 from headscope.evaluate import answer_accuracy as answer_accuracy
 from headscope.evaluate import generate_answer as generate_answer
 from headscope.evaluate import retrieval_success as retrieval_success
-from headscope.finetune import FinetuneResult as FinetuneResult
-from headscope.finetune import answer_loss as answer_loss
-from headscope.finetune import finetune as finetune
-from headscope.finetune import load_weights as load_weights
-from headscope.finetune import save_weights as save_weights
-from headscope.finetune import select_parameters as select_parameters
 from headscope.heads import random_heads as random_heads
 from headscope.hooks import attached as attached
 from headscope.hooks import capture as capture
-from headscope.knockout import Knockout as Knockout
-from headscope.knockout import KnockoutCurve as KnockoutCurve
-from headscope.knockout import knockout as knockout
-from headscope.knockout import knockout_curve as knockout_curve
 from headscope.models import ModelInfo as ModelInfo
 from headscope.models import available_kinds as available_kinds
 from headscope.models import load_folder as load_folder
@@ -50,6 +45,9 @@ from headscope.patching import compare_patching as compare_patching
 from headscope.patching import head_patching_sweep as head_patching_sweep
 from headscope.patching import patch_heads as patch_heads
 from headscope.patching import patched as patched
+from headscope.pipeline import PipelineConfig as PipelineConfig
+from headscope.pipeline import PipelineResult as PipelineResult
+from headscope.pipeline import run_pipeline as run_pipeline
 from headscope.retrieval import RetrievalScores as RetrievalScores
 from headscope.retrieval import detect_retrieval_heads as detect_retrieval_heads
 from headscope.tasks import Sample as Sample
@@ -63,6 +61,12 @@ from headscope.tasks import mdqa as mdqa
 from headscope.tasks import multihop_qa as multihop_qa
 from headscope.tasks import needle_grid as needle_grid
 from headscope.tasks import real_mdqa as real_mdqa
+from headscope.training import FinetuneResult as FinetuneResult
+from headscope.training import answer_loss as answer_loss
+from headscope.training import finetune as finetune
+from headscope.training import load_weights as load_weights
+from headscope.training import save_weights as save_weights
+from headscope.training import select_parameters as select_parameters
 from headscope.viz import attention_view as attention_view
 from headscope.viz import head_map as head_map
 
@@ -82,6 +86,8 @@ __all__ = [
     "ModelMismatchError",
     "PatchingComparison",
     "PatchingResult",
+    "PipelineConfig",
+    "PipelineResult",
     "RetrievalScores",
     "Sample",
     "Span",
@@ -123,6 +129,7 @@ __all__ = [
     "real_mdqa",
     "recall",
     "retrieval_success",
+    "run_pipeline",
     "save_weights",
     "select_parameters",
     "to_tokens",

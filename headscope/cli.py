@@ -32,7 +32,7 @@ def _load_model(spec: str, kind: str, weights: str | None = None) -> Any:
     else:
         raise HeadscopeError(f"--model {spec!r} is neither a known model ({', '.join(known_models())}) nor a folder")
     if weights:
-        from headscope.finetune import load_weights
+        from headscope.training import load_weights
 
         load_weights(model, weights)
     return model
@@ -113,8 +113,8 @@ def _detect(args: argparse.Namespace) -> int:
 
 
 def _knockout(args: argparse.Namespace) -> int:
+    from headscope.ablation import knockout_curve
     from headscope.evaluate import answer_accuracy, retrieval_success
-    from headscope.knockout import knockout_curve
     from headscope.retrieval import RetrievalScores
 
     model = _load_model(args.model, args.kind, args.weights)
@@ -202,7 +202,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _add_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct", help="a known model name or a saved HF folder")
-    parser.add_argument("--weights", help="fine-tuned weights (headscope.finetune.save_weights) to load into the model")
+    parser.add_argument("--weights", help="fine-tuned weights (headscope.training.save_weights) to load into the model")
 
 
 def _add_task(parser: argparse.ArgumentParser, *, lengths: Sequence[int] = (500, 1000)) -> None:

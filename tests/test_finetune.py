@@ -8,7 +8,10 @@ import pytest
 import torch
 
 import headscope as hs
-from headscope.finetune import (
+from headscope.hooks import attached, attn_hook
+from headscope.models import load_folder, tiny_folder, tiny_tokenizer
+from headscope.tasks import EncodedSample, Sample
+from headscope.training import (
     FinetuneResult,
     answer_loss,
     finetune,
@@ -16,9 +19,6 @@ from headscope.finetune import (
     save_weights,
     select_parameters,
 )
-from headscope.hooks import attached, attn_hook
-from headscope.models import load_folder, tiny_folder, tiny_tokenizer
-from headscope.tasks import EncodedSample, Sample
 
 WORDS = ("red", "blue", "green", "apple", "bread", "paris", "london", "honey")
 

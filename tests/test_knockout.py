@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import headscope as hs
+from headscope.ablation import Knockout, head_means, knockout, mean_knockout
 from headscope.errors import HeadIndexError, ModelError, ModelMismatchError, SpanError
 from headscope.hooks import attn_hook, capture
-from headscope.knockout import Knockout, head_means, knockout, mean_knockout
 from headscope.tasks import Sample, Span
 
 TOKENS = torch.tensor([[0, 17, 301, 52, 9, 640, 33, 88, 5, 412]])
@@ -220,7 +220,7 @@ def test_a_discarded_score_edit_is_detected_on_the_first_call(tiny_neo):
 
 
 def test_a_wrong_recomputed_pattern_is_detected(tiny_neo, monkeypatch):
-    import headscope.knockout._apply as apply
+    import headscope.ablation._apply as apply
 
     monkeypatch.setattr(apply, "_probe_scale", lambda model, info, layer: 0.5)
     with pytest.raises(ModelError, match="recomputed from q and k at layer 0 differs"):

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import headscope as hs
+from headscope.ablation import KnockoutCurve, knockout, knockout_curve
 from headscope.errors import HeadIndexError
 from headscope.heads import random_heads
-from headscope.knockout import KnockoutCurve, knockout, knockout_curve
 from headscope.tasks import Sample, Span
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import headscope as hs
+from headscope.ablation import knockout, knockout_curve
 from headscope.hooks import attn_hook, capture
-from headscope.knockout import knockout, knockout_curve
 from headscope.tasks import Sample, Span
 
 pytestmark = pytest.mark.smollm2

@@ -3,10 +3,10 @@
 Zhao, Yin and Durrett (ICML 2025) fine-tune one model on several synthetic variants of a task and
 on real data, then ask whether the synthetic models score well *because* they learned the heads
 the real-data model uses. :func:`run_pipeline` does every step with the library's own pieces:
-fine-tune (:mod:`headscope.finetune`), score, detect retrieval heads (:mod:`headscope.retrieval`),
+fine-tune (:mod:`headscope.training`), score, detect retrieval heads (:mod:`headscope.retrieval`),
 measure the recall of the real model's heads ``|H_syn ∩ H_real| / |H_real|`` and correlate it
 with task score (:mod:`headscope.compare`), knock out top against random heads
-(:mod:`headscope.knockout`), and patch the shared heads from the real model into a synthetic one
+(:mod:`headscope.ablation`), and patch the shared heads from the real model into a synthetic one
 against their complement and random sets (:mod:`headscope.patching`).
 
 **Task.** The needle in a haystack (:func:`~headscope.tasks.needle_sample`), because it cuts

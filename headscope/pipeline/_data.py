@@ -54,7 +54,7 @@ def generic_samples(tokenizer: Any, *, n: int, length: int, seed: int = 0) -> li
     """``n`` windows of ``length`` tokens of the shipped documents, for language-model pre-training.
 
     Each window is a :class:`~headscope.tasks.Sample` whose first 8 tokens are the prompt and
-    the rest the answer, so the answer-only loss of :func:`~headscope.finetune.finetune` is a
+    the rest the answer, so the answer-only loss of :func:`~headscope.training.finetune` is a
     plain next-token loss on nearly every token. The text holds no needle, so a model trained
     on it learns language, not retrieval.
 

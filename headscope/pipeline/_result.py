@@ -7,13 +7,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from headscope.ablation import KnockoutCurve
 from headscope.compare import Correlation
-from headscope.finetune import FinetuneResult
 from headscope.heads import Head
-from headscope.knockout import KnockoutCurve
 from headscope.patching import PatchingComparison
 from headscope.pipeline._config import PipelineConfig
 from headscope.retrieval import RetrievalScores
+from headscope.training import FinetuneResult
 
 __all__ = ["PipelineResult", "VariantResult"]
 

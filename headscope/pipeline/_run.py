@@ -9,10 +9,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from headscope.ablation import KnockoutCurve, knockout_curve
 from headscope.compare import Correlation, correlate, head_set, jaccard, recall
-from headscope.finetune import FinetuneResult, finetune
 from headscope.heads import Head
-from headscope.knockout import KnockoutCurve, knockout_curve
 from headscope.models import load_folder, load_model, model_info, tiny_folder, tokenizer_of
 from headscope.patching import PatchingComparison, compare_patching
 from headscope.pipeline._config import PipelineConfig, Variant
@@ -21,6 +20,7 @@ from headscope.pipeline._result import PipelineResult, VariantResult
 from headscope.pipeline._score import answer_correct, task_score
 from headscope.retrieval import RetrievalScores, detect_retrieval_heads
 from headscope.tasks import Sample
+from headscope.training import FinetuneResult, finetune
 
 __all__ = ["base_model", "count_every_sample", "finetune_variant", "retrieval_heads", "run_pipeline"]
 
@@ -148,7 +148,7 @@ def run_pipeline(config: PipelineConfig, *, progress: bool = True) -> PipelineRe
     2. Score each model on held-out real samples (:func:`task_score`) and detect its retrieval
        heads on them (:func:`retrieval_heads`); recall = share of the real model's heads recovered.
     3. Correlate recall with each score across the synthetic variants (Spearman, bootstrap CI).
-    4. Knock out the real model's top heads against random heads (:func:`~headscope.knockout.knockout_curve`).
+    4. Knock out the real model's top heads against random heads (:func:`~headscope.ablation.knockout_curve`).
     5. Patch the heads the real model shares with the patch target from real into target, against
        the complement and random sets (:func:`~headscope.patching.compare_patching`).
     """

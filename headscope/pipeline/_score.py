@@ -38,7 +38,7 @@ def answer_correct(model: Any, sample: Sample) -> float:
 
     Teacher-forced: the argmax at every answer position must be the gold token, which is
     exactly when greedy generation reproduces the answer (one forward pass, no decoding loop).
-    Usable as the ``score_fn`` of :func:`~headscope.knockout.knockout_curve`.
+    Usable as the ``score_fn`` of :func:`~headscope.ablation.knockout_curve`.
 
     >>> from headscope import load_model
     >>> answer_correct(load_model("tiny-llama"), Sample("The key is 4712. The key is", " 4712"))

@@ -10,14 +10,14 @@ Training from scratch is ``finetune(..., train="all")`` on a freshly initialised
 :func:`headscope.models.tiny_folder` model.
 """
 
-from headscope.finetune._loss import answer_loss as answer_loss
-from headscope.finetune._result import FinetuneResult as FinetuneResult
-from headscope.finetune._select import PRESETS as PRESETS
-from headscope.finetune._select import parameter_name as parameter_name
-from headscope.finetune._select import select_parameters as select_parameters
-from headscope.finetune._train import finetune as finetune
-from headscope.finetune._weights import load_weights as load_weights
-from headscope.finetune._weights import save_weights as save_weights
+from headscope.training._loss import answer_loss as answer_loss
+from headscope.training._result import FinetuneResult as FinetuneResult
+from headscope.training._select import PRESETS as PRESETS
+from headscope.training._select import parameter_name as parameter_name
+from headscope.training._select import select_parameters as select_parameters
+from headscope.training._train import finetune as finetune
+from headscope.training._weights import load_weights as load_weights
+from headscope.training._weights import save_weights as save_weights
 
 __all__ = [
     "PRESETS",

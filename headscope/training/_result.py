@@ -12,12 +12,12 @@ import pandas as pd
 
 @dataclass(frozen=True)
 class FinetuneResult:
-    """What a :func:`~headscope.finetune.finetune` run did.
+    """What a :func:`~headscope.training.finetune` run did.
 
     ``losses[i]`` is the mean answer-token loss of the batch of optimizer step ``i + 1``, taken
     before that step's update; ``lrs[i]`` its learning rate. ``evals`` holds the ``eval_fn``
     results, each with the ``"step"`` (updates done so far; 0 is before training) it was taken at.
-    ``trained`` names the trained parameters (for :func:`~headscope.finetune.save_weights`).
+    ``trained`` names the trained parameters (for :func:`~headscope.training.save_weights`).
     """
 
     losses: tuple[float, ...]

@@ -29,11 +29,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from headscope.ablation._inputs import encoded
+from headscope.ablation._spec import Knockout, Mode, Route
 from headscope.errors import ModelError, SpanError
 from headscope.heads import Head
 from headscope.hooks import HookFn, attached, attn_hook, block_hook, capture
-from headscope.knockout._inputs import encoded
-from headscope.knockout._spec import Knockout, Mode, Route
 from headscope.models import ModelInfo, model_info
 from headscope.tasks import EncodedSample, Sample
 

@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from headscope.ablation._means import head_means
+from headscope.ablation._spec import Knockout, Route
 from headscope.errors import HeadIndexError
 from headscope.heads import Head, parse_head, random_heads
-from headscope.knockout._means import head_means
-from headscope.knockout._spec import Knockout, Route
 from headscope.models import model_info
 from headscope.tasks import Sample
 

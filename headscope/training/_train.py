@@ -11,10 +11,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from headscope.errors import ModelError
-from headscope.finetune._loss import Samples, answer_nll, prepare
-from headscope.finetune._result import FinetuneResult
-from headscope.finetune._select import Train, select_parameters
 from headscope.tasks import EncodedSample
+from headscope.training._loss import Samples, answer_nll, prepare
+from headscope.training._result import FinetuneResult
+from headscope.training._select import Train, select_parameters
 
 Schedule = Literal["constant", "linear", "cosine"]
 EvalFn = Callable[[Any, int], Mapping[str, float]]

@@ -127,7 +127,7 @@ class Knockout:
         vectors (exact on models whose attention ignores score edits); ``"auto"`` uses ``"scores"``
         where :func:`~headscope.model_info` says score edits are honoured.
         """
-        from headscope.knockout._apply import apply_knockout
+        from headscope.ablation._apply import apply_knockout
 
         return apply_knockout(model, self, sample=sample, route=route)
 

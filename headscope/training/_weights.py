@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from headscope.errors import ModelMismatchError
-from headscope.finetune._select import named_parameters
 from headscope.models import model_kind
+from headscope.training._select import named_parameters
 
 _FORMAT = "headscope-finetuned-weights"
 
@@ -26,7 +26,7 @@ def save_weights(model: Any, path: str | Path, names: Iterable[str]) -> Path:
 
     >>> import tempfile, pathlib
     >>> from headscope import load_model
-    >>> from headscope.finetune import select_parameters
+    >>> from headscope.training import select_parameters
     >>> model = load_model("tiny-llama")
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "attn.safetensors"
     >>> load_weights(model, save_weights(model, path, select_parameters(model, "attention")))[:1]
@@ -60,7 +60,7 @@ def load_weights(model: Any, path: str | Path) -> tuple[str, ...]:
         meta = f.metadata() or {}
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     if meta.get("format") != _FORMAT:
-        raise ModelMismatchError(f"{path} was not written by headscope.finetune.save_weights")
+        raise ModelMismatchError(f"{path} was not written by headscope.training.save_weights")
     here = _describe(model)
     for key in ("kind", "compatibility_mode"):
         if meta.get(key) != here[key]:

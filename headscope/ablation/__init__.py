@@ -8,10 +8,10 @@ every forward pass in the block (prefill and generation). :func:`knockout_curve`
 of knocked-out top-ranked heads against random heads drawn outside the top of the ranking.
 """
 
-from headscope.knockout._apply import knockout as knockout
-from headscope.knockout._curve import KnockoutCurve as KnockoutCurve
-from headscope.knockout._curve import knockout_curve as knockout_curve
-from headscope.knockout._means import head_means as head_means
-from headscope.knockout._means import mean_knockout as mean_knockout
-from headscope.knockout._spec import MODES as MODES
-from headscope.knockout._spec import Knockout as Knockout
+from headscope.ablation._apply import knockout as knockout
+from headscope.ablation._curve import KnockoutCurve as KnockoutCurve
+from headscope.ablation._curve import knockout_curve as knockout_curve
+from headscope.ablation._means import head_means as head_means
+from headscope.ablation._means import mean_knockout as mean_knockout
+from headscope.ablation._spec import MODES as MODES
+from headscope.ablation._spec import Knockout as Knockout

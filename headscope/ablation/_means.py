@@ -10,11 +10,11 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from headscope.ablation._inputs import Input, as_tokens
+from headscope.ablation._spec import Knockout
 from headscope.errors import HeadIndexError
 from headscope.heads import Head, parse_head
 from headscope.hooks import attn_hook, capture
-from headscope.knockout._inputs import Input, as_tokens
-from headscope.knockout._spec import Knockout
 from headscope.models import model_info
 
 __all__ = ["head_means", "mean_knockout"]
