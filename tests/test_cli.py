@@ -84,3 +84,23 @@ def test_detect_then_knockout_on_smollm2(smollm2, tmp_path, capsys):
                  "--out", str(tmp_path / "ko")]) == 0  # fmt: skip
     frame = pd.read_csv(tmp_path / "ko" / "knockout.csv")
     assert set(frame["kind"]) == {"top", "random"} and set(frame["k"]) >= {5}
+
+
+def test_patch_compares_shared_complement_and_random_heads(tmp_path, capsys):
+    from headscope.models import tiny_folder
+
+    source, target = tiny_folder("llama", seed=0), tiny_folder("llama", seed=1)
+    a = _scores(tmp_path / "a.json", [[0.9, 0.0, 0.5, 0.0], [0.0, 0.7, 0.0, 0.2]])
+    b = _scores(tmp_path / "b.json", [[0.8, 0.6, 0.0, 0.0], [0.0, 0.9, 0.0, 0.0]])
+    out = tmp_path / "patch"
+    args = ["patch", "--source", str(source), "--target", str(target), "--source-scores", str(a)]
+    args += ["--target-scores", str(b), "--top-k", "3", "--n-random", "2", "--no-chat", "--needle", "symbolic"]
+    args += ["--haystack", "symbolic", "--lengths", "80", "--depths", "50", "--n-samples", "1", "--out", str(out)]
+    assert main(args) == 0
+    # top-3 of a: L0H0, L1H1, L0H2; top-3 of b: L1H1, L0H0, L0H1 -> shared {L0H0, L1H1}
+    assert "2 shared heads among the top 3 of each model" in capsys.readouterr().out
+    frame = pd.read_csv(out / "patching.csv").set_index("set")
+    assert list(frame.index) == ["target", "source", "shared", "complement", "random-0", "random-1"]
+    assert frame.loc["shared", "n_heads"] == 2 and frame.loc["complement", "n_heads"] == 6
+    assert frame.loc["source", "recovered"] == 1.0 and frame.loc["target", "recovered"] == 0.0
+    assert (out / "patching.json").is_file() and (out / "report.html").is_file()
