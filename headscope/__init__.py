@@ -26,6 +26,7 @@ from headscope.errors import MissingDependencyError as MissingDependencyError
 from headscope.errors import ModelError as ModelError
 from headscope.errors import ModelMismatchError as ModelMismatchError
 from headscope.errors import SpanError as SpanError
+from headscope.errors import TaskError as TaskError
 from headscope.evaluate import answer_accuracy as answer_accuracy
 from headscope.evaluate import generate_answer as generate_answer
 from headscope.evaluate import retrieval_success as retrieval_success
@@ -92,6 +93,7 @@ __all__ = [
     "Sample",
     "Span",
     "SpanError",
+    "TaskError",
     "answer_accuracy",
     "answer_loss",
     "attached",

@@ -47,6 +47,10 @@ class MissingDependencyError(HeadscopeError, ImportError):
     """An optional package is needed; the message gives the exact install command."""
 
 
+class TaskError(HeadscopeError, ValueError):
+    """A task builder got an impossible parameter, or a data file is malformed."""
+
+
 for _cls in (
     HeadscopeError,
     ModelError,
@@ -55,5 +59,6 @@ for _cls in (
     SpanError,
     ContextLengthError,
     MissingDependencyError,
+    TaskError,
 ):
     _cls.__module__ = "headscope"

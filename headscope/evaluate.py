@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from headscope.models import model_info, tokenizer_of
-from headscope.retrieval import greedy_steps
-from headscope.tasks import Sample, rouge1_recall
+from headscope.retrieval import RougeRecall, greedy_steps
+from headscope.tasks import Sample
 
 __all__ = ["answer_accuracy", "generate_answer", "retrieval_success"]
 
@@ -37,11 +37,11 @@ def generate_answer(model: Any, sample: Sample, *, max_new_tokens: int = 32) -> 
 def retrieval_success(model: Any, sample: Sample, *, threshold: float = 0.5, max_new_tokens: int = 32) -> float:
     """1.0 when the ROUGE-1 recall of the gold answer in the greedy answer exceeds ``threshold``, else 0.0.
 
-    Wu et al.'s criterion for "the model retrieved the needle".
+    Wu et al.'s criterion for "the model retrieved the needle": the same rule
+    (:class:`~headscope.retrieval.RougeRecall`) that decides which samples detection counts.
     """
-    return float(
-        rouge1_recall(generate_answer(model, sample, max_new_tokens=max_new_tokens), sample.answer) > threshold
-    )
+    answer = generate_answer(model, sample, max_new_tokens=max_new_tokens)
+    return float(RougeRecall(threshold)(sample, answer))
 
 
 def answer_accuracy(model: Any, sample: Sample) -> float:

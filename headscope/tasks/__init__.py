@@ -5,10 +5,10 @@ Synthetic builders vary the seed paper's two axes: ``needle=`` realism ("natural
 Loaders read real data (Lost in the Middle, MuSiQue, plain QA) into the same :class:`Sample`.
 """
 
+from headscope.errors import TaskError as TaskError
 from headscope.tasks._citation import citation as citation
 from headscope.tasks._documents import Document as Document
 from headscope.tasks._documents import shipped_corpus as shipped_corpus
-from headscope.tasks._errors import TaskError as TaskError
 from headscope.tasks._kv import kv_retrieval as kv_retrieval
 from headscope.tasks._loaders import load_mdqa as load_mdqa
 from headscope.tasks._loaders import load_musique as load_musique

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from itertools import islice
 
+from headscope.errors import TaskError
 from headscope.tasks._documents import CorpusItem, HaystackKind, NeedleKind, WriteDocument, check_kinds, document_stream
-from headscope.tasks._errors import TaskError
 from headscope.tasks._facts import make_facts
 from headscope.tasks._mdqa import with_fact
 from headscope.tasks._render import documents_sample

@@ -16,7 +16,7 @@ from functools import cache
 from importlib import resources
 from typing import Literal
 
-from headscope.tasks._errors import TaskError
+from headscope.errors import TaskError
 
 __all__ = ["Document", "HaystackKind", "NeedleKind", "document_stream", "shipped_corpus"]
 

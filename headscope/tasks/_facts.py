@@ -12,8 +12,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from headscope.errors import TaskError
 from headscope.tasks._documents import symbol
-from headscope.tasks._errors import TaskError
 
 __all__ = ["Fact", "bridge_fact", "make_facts"]
 

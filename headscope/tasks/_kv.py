@@ -12,8 +12,8 @@ import json
 import random
 from collections.abc import Sequence
 
+from headscope.errors import TaskError
 from headscope.tasks._documents import CorpusItem, HaystackKind, NeedleKind, WriteDocument, check_kinds, document_stream
-from headscope.tasks._errors import TaskError
 from headscope.tasks._facts import make_facts
 from headscope.tasks._mdqa import check_docs
 from headscope.tasks._sample import ANSWER, DOC, GOLD_DOC, NEEDLE, Sample

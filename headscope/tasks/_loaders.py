@@ -16,9 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from headscope.errors import SpanError
+from headscope.errors import SpanError, TaskError
 from headscope.tasks._documents import Document
-from headscope.tasks._errors import TaskError
 from headscope.tasks._render import documents_sample
 from headscope.tasks._sample import ANSWER, NEEDLE, Sample, Span
 from headscope.tasks._scoring import normalize_answer

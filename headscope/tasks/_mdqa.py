@@ -11,6 +11,7 @@ import random
 from collections.abc import Sequence
 from itertools import islice
 
+from headscope.errors import TaskError
 from headscope.tasks._documents import (
     CorpusItem,
     Document,
@@ -20,7 +21,6 @@ from headscope.tasks._documents import (
     check_kinds,
     document_stream,
 )
-from headscope.tasks._errors import TaskError
 from headscope.tasks._facts import Fact, make_facts
 from headscope.tasks._render import documents_sample
 from headscope.tasks._sample import Sample

@@ -14,9 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from headscope.errors import ContextLengthError
+from headscope.errors import ContextLengthError, TaskError
 from headscope.tasks._documents import CorpusItem, HaystackKind, NeedleKind, WriteDocument, check_kinds, document_stream
-from headscope.tasks._errors import TaskError
 from headscope.tasks._facts import Fact, make_facts
 from headscope.tasks._sample import ANSWER, NEEDLE, Sample, Span
 from headscope.tasks._text import PromptWriter, occurrences, rng_for, sentence_boundaries, sentence_start_before

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from headscope.tasks._errors import TaskError
+from headscope.errors import TaskError
 
 __all__ = [
     "CitationScores",
