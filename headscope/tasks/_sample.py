@@ -112,8 +112,14 @@ class Sample:
             aligned=aligned,
         )
 
-    def with_chat_template(self, tokenizer: Any, system: str | None = None) -> Sample:
-        """The same sample with ``prompt`` wrapped in the tokenizer's chat template (spans shifted)."""
+    def with_chat_template(self, tokenizer: Any, system: str | None = None, answer_prefix: str = "") -> Sample:
+        """The same sample with ``prompt`` wrapped in the tokenizer's chat template (spans shifted).
+
+        ``answer_prefix`` is written at the start of the assistant's turn, after the generation
+        prompt. Chat models tend to restate the question before the answer ("The native language
+        of X is Welsh."); a prefix such as ``"The native language of X is"`` makes the gold answer
+        the very next tokens, which teacher-forced detection and patching at the answer position need.
+        """
         messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": self.prompt}
         ]
@@ -122,7 +128,7 @@ class Sample:
         if offset < 0:
             raise SpanError("the chat template changed the prompt text; spans cannot be carried over")
         spans = tuple(Span(s.label, s.start + offset, s.end + offset) for s in self.spans)
-        return replace(self, prompt=rendered, spans=spans, bos=False)
+        return replace(self, prompt=rendered + answer_prefix, spans=spans, bos=False)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
