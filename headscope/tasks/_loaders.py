@@ -11,7 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -77,7 +77,7 @@ def _warn_skipped(skipped: list[int], path: Path) -> None:
         warnings.warn(
             f"{path}: skipped {len(skipped)} row(s) whose answers occur in no gold document "
             f"(lines {skipped[:5]}{'...' if len(skipped) > 5 else ''})",
-            stacklevel=3,
+            stacklevel=4,  # the caller of load_*
         )
 
 
@@ -90,13 +90,11 @@ def _docs(row: dict, key: str, text_key: str, where: str) -> list[tuple[Document
     return out
 
 
-def load_mdqa(path: str | Path, *, limit: int | None = None, skip_unanswerable: bool = True) -> list[Sample]:
-    """Lost-in-the-Middle multi-document QA rows (``question``, ``answers``, ``ctxs``) as samples.
-
-    The gold document is the context with ``isgold`` (or, failing that, ``hasanswer``). Spans:
-    ``"doc"``, ``"gold_doc"``, ``"answer"`` (answer occurrences in the gold document) and
-    ``"needle"`` (the first of them).
-    """
+def _load_rows(
+    path: str | Path, row_sample: Callable[[dict, int, str], Sample], limit: int | None, skip_unanswerable: bool
+) -> list[Sample]:
+    """Run ``row_sample(row, line, where)`` over a JSONL file; rows that raise :class:`SpanError`
+    (no answer where one must be) are skipped with one warning, or re-raised naming the line."""
     path = Path(path)
     samples: list[Sample] = []
     skipped: list[int] = []
@@ -104,6 +102,25 @@ def load_mdqa(path: str | Path, *, limit: int | None = None, skip_unanswerable: 
         if limit is not None and len(samples) >= limit:
             break
         where = f"{path}, line {number}"
+        try:
+            samples.append(row_sample(row, number, where))
+        except SpanError as err:
+            if not skip_unanswerable:
+                raise SpanError(f"{where}: {err}") from None
+            skipped.append(number)
+    _warn_skipped(skipped, path)
+    return samples
+
+
+def load_mdqa(path: str | Path, *, limit: int | None = None, skip_unanswerable: bool = True) -> list[Sample]:
+    """Lost-in-the-Middle multi-document QA rows (``question``, ``answers``, ``ctxs``) as samples.
+
+    The gold document is the context with ``isgold`` (or, failing that, ``hasanswer``). Spans:
+    ``"doc"``, ``"gold_doc"``, ``"answer"`` (answer occurrences in the gold document) and
+    ``"needle"`` (the first of them).
+    """
+
+    def row_sample(row: dict, number: int, where: str) -> Sample:
         question = _field(row, "question", str, where)
         answers = _answers(row, ["answers"], where)
         docs = _docs(row, "ctxs", "text", where)
@@ -111,18 +128,12 @@ def load_mdqa(path: str | Path, *, limit: int | None = None, skip_unanswerable: 
             j for j, (_, c) in enumerate(docs) if c.get("hasanswer")
         ]
         meta = {"answers": answers, "question": question, "gold_position": gold[0] if gold else None, "line": number}
-        try:
-            sample = documents_sample(
-                [d for d, _ in docs], question, " " + answers[0], gold=gold, answers=answers, task="mdqa", meta=meta
-            )
-        except SpanError as err:
-            if not skip_unanswerable:
-                raise SpanError(f"{where}: {err}") from None
-            skipped.append(number)
-            continue
-        samples.append(_with_needle(sample))
-    _warn_skipped(skipped, path)
-    return samples
+        sample = documents_sample(
+            [d for d, _ in docs], question, " " + answers[0], gold=gold, answers=answers, task="mdqa", meta=meta
+        )
+        return _with_needle(sample)
+
+    return _load_rows(path, row_sample, limit, skip_unanswerable)
 
 
 def real_mdqa(
@@ -176,32 +187,21 @@ def load_musique(path: str | Path, *, limit: int | None = None, skip_unanswerabl
     Gold documents are the supporting paragraphs. The needle is the first answer occurrence in
     the paragraph that supports the last hop of ``question_decomposition`` when that is given.
     """
-    path = Path(path)
-    samples: list[Sample] = []
-    skipped: list[int] = []
-    for number, row in read_jsonl(path):
-        if limit is not None and len(samples) >= limit:
-            break
-        where = f"{path}, line {number}"
+
+    def row_sample(row: dict, number: int, where: str) -> Sample:
         question = _field(row, "question", str, where)
         answers = _answers(row, ["answer", "answer_aliases"], where)
         docs = _docs(row, "paragraphs", "paragraph_text", where)
         gold = [j for j, (_, p) in enumerate(docs) if p.get("is_supporting")]
         meta = {"answers": answers, "question": question, "id": row.get("id"), "line": number}
-        try:
-            sample = documents_sample(
-                [d for d, _ in docs], question, " " + answers[0], gold=gold, answers=answers, task="musique", meta=meta
-            )
-        except SpanError as err:
-            if not skip_unanswerable:
-                raise SpanError(f"{where}: {err}") from None
-            skipped.append(number)
-            continue
+        sample = documents_sample(
+            [d for d, _ in docs], question, " " + answers[0], gold=gold, answers=answers, task="musique", meta=meta
+        )
         last = _last_hop(row, docs)
         doc_spans = [s for s in sample.spans if s.label == "doc"]
-        samples.append(_with_needle(sample, (doc_spans[last].start, doc_spans[last].end) if last is not None else None))
-    _warn_skipped(skipped, path)
-    return samples
+        return _with_needle(sample, (doc_spans[last].start, doc_spans[last].end) if last is not None else None)
+
+    return _load_rows(path, row_sample, limit, skip_unanswerable)
 
 
 def _last_hop(row: dict, docs: list[tuple[Document, dict]]) -> int | None:
@@ -227,13 +227,8 @@ def load_qa_jsonl(
     The prompt is ``context``, a blank line, ``Question: ...`` and ``Answer:``. Spans:
     ``"answer"`` (answer occurrences in the context) and ``"needle"`` (the first).
     """
-    path = Path(path)
-    samples: list[Sample] = []
-    skipped: list[int] = []
-    for number, row in read_jsonl(path):
-        if limit is not None and len(samples) >= limit:
-            break
-        where = f"{path}, line {number}"
+
+    def row_sample(row: dict, number: int, where: str) -> Sample:
         context = _field(row, context_key, str, where)
         question = _field(row, question_key, str, where)
         answers = _answers(row, [answer_key], where)
@@ -243,14 +238,10 @@ def load_qa_jsonl(
             for a, b in occurrences(context, answer):
                 writer.mark(ANSWER, a, b)
         if not writer.spans:
-            if not skip_unanswerable:
-                raise SpanError(f"{where}: no answer of {answers} occurs in the context")
-            skipped.append(number)
-            continue
+            raise SpanError(f"no answer of {answers} occurs in the context")
         writer.add(f"\n\nQuestion: {question}\nAnswer:")
         spans = sorted(writer.spans, key=lambda s: (s.start, s.end))
         meta = {"answers": answers, "question": question, "line": number}
-        sample = Sample(writer.text, " " + answers[0], tuple(spans), task="qa", meta=meta)
-        samples.append(_with_needle(sample))
-    _warn_skipped(skipped, path)
-    return samples
+        return _with_needle(Sample(writer.text, " " + answers[0], tuple(spans), task="qa", meta=meta))
+
+    return _load_rows(path, row_sample, limit, skip_unanswerable)
