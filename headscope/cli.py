@@ -142,7 +142,6 @@ def _patch(args: argparse.Namespace) -> int:
     shared = set(head_set(RetrievalScores.load(args.source_scores).scores, top_k=args.top_k)) & set(
         head_set(RetrievalScores.load(args.target_scores).scores, top_k=args.top_k)
     )
-    args.model = args.target
     samples = _samples(args, target)
     encoded = [s.encode(target.tokenizer) for s in samples]
     result = compare_patching(target, source, encoded, sorted(shared), n_random=args.n_random, seed=args.seed)
