@@ -20,6 +20,7 @@ from typing import Any
 from torch import Tensor
 
 from headscope.errors import ModelError
+from headscope.models._kv import bridge_cache_names
 
 HookFn = Callable[[Tensor, Any], "Tensor | None"]
 
@@ -55,7 +56,10 @@ def attached(
 ) -> Iterator[None]:
     """Attach forward (and backward) hooks for the duration of a ``with`` block.
 
-    Every name is checked before anything is attached; the hooks are removed in ``finally``.
+    Every name is checked before anything is attached; the hooks are removed in ``finally``. While
+    they are attached, a bridge's attention also finds a KV cache that transformers 5.24+ passes as
+    ``cache=`` (see :func:`headscope.models._kv.bridge_cache_names`), so cached generation inside
+    a knockout or patching block works on every supported release.
 
     >>> import torch
     >>> from headscope import load_model
@@ -78,7 +82,8 @@ def attached(
                 point.add_hook(wrapper, dir=direction)
                 registry = point.fwd_hooks if direction == "fwd" else point.bwd_hooks
                 added.append((point, registry, next(h for h in reversed(registry) if h.user_hook is wrapper)))
-        yield
+        with bridge_cache_names(model):
+            yield
     finally:
         for _point, registry, handle in added:
             handle.hook.remove()

@@ -25,8 +25,9 @@ from torch import Tensor
 
 from headscope.hooks import block_hook, capture
 from headscope.models import model_info
+from headscope.models._kv import bridge_cache_names
 
-_CACHE_ARGS = ("past_key_values", "layer_past")
+_CACHE_ARGS = ("past_key_values", "cache", "layer_past")  # "cache" from transformers 5.24 on
 _DROP_ARGS = (*_CACHE_ARGS, "use_cache", "cache_position", "hidden_states", "output_attentions")
 
 
@@ -87,18 +88,21 @@ class Recorded:
             for i, (k, v) in enumerate(self.kv):  # type: ignore[arg-type]
                 cache.update(_rows(k[:, :, :start], copies), _rows(v[:, :, :start], copies), i)
         batch = self.tokens.shape[0]
-        for i in range(layer, len(model.blocks)):
-            recorded = self.block_args[i]  # type: ignore[index]
-            args = {k: _suffix(k, _copies(v, copies, batch), start) for k, v in recorded.items() if k not in _DROP_ARGS}
-            if start > 0:
-                args[self.cache_name] = cache
-                args["use_cache"] = True
-                if "cache_position" in recorded:
-                    args["cache_position"] = torch.arange(start, self.tokens.shape[1], device=x.device)
-            else:
-                args["use_cache"] = False
-            out = model.blocks[i](x, **args)
-            x = out[0] if isinstance(out, tuple) else out
+        with bridge_cache_names(model):
+            for i in range(layer, len(model.blocks)):
+                recorded = self.block_args[i]  # type: ignore[index]
+                args = {
+                    k: _suffix(k, _copies(v, copies, batch), start) for k, v in recorded.items() if k not in _DROP_ARGS
+                }
+                if start > 0:
+                    args[self.cache_name] = cache
+                    args["use_cache"] = True
+                    if "cache_position" in recorded:
+                        args["cache_position"] = torch.arange(start, self.tokens.shape[1], device=x.device)
+                else:
+                    args["use_cache"] = False
+                out = model.blocks[i](x, **args)
+                x = out[0] if isinstance(out, tuple) else out
         return model.unembed(model.ln_final(x))
 
 
@@ -116,7 +120,8 @@ def record(model: Any, tokens: Tensor, names: list[str], *, keep_kv: bool) -> Re
         for i, block in enumerate(model.blocks):
             handles.append(block.register_forward_pre_hook(_arg_recorder(block, block_args[i]), with_kwargs=True))
     try:
-        with torch.no_grad(), capture(model, list(dict.fromkeys(resid_names + kv_names + names))) as acts:
+        names_seen = list(dict.fromkeys(resid_names + kv_names + names))
+        with torch.no_grad(), bridge_cache_names(model), capture(model, names_seen) as acts:
             logits = model(tokens)
     finally:
         for handle in handles:

@@ -4,6 +4,10 @@
 ``return_type="logits_and_cache"``; ``HookedTransformer`` keeps a ``TransformerLensKeyValueCache``.
 Either way each decoding step runs the model on one new token, so ``hook_pattern`` holds a
 single query row per head: the row that predicts the next token.
+
+After every call the decoder checks that the cache holds exactly the tokens fed so far, so a cache
+the model silently failed to extend (as transformers 5.24 did with TransformerLens 4.3 bridges)
+raises :class:`ModelError` naming the installed versions instead of decoding garbage.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from headscope.errors import ModelError
 from headscope.models import model_kind
+from headscope.models._kv import KNOWN_GOOD, bridge_cache_names, versions
 
 __all__ = ["Decoder", "greedy_steps"]
 
@@ -33,6 +39,7 @@ class Decoder:
     def __init__(self, model: Any) -> None:
         self.model = model
         self.kind = model_kind(model)
+        self.n_seen = 0
         self._cache: Any = None
         if self.kind == "hooked":
             self._cache = _hooked_cache_class().init_cache(model.cfg, model.cfg.device, 1)
@@ -40,11 +47,31 @@ class Decoder:
     def __call__(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos vocab"]:
         if self.kind == "hooked":
             # An explicit mask: without one TransformerLens masks every token equal to the pad id.
-            return self.model(tokens, past_kv_cache=self._cache, attention_mask=torch.ones_like(tokens))
-        logits, self._cache = self.model(
-            tokens, return_type="logits_and_cache", use_cache=True, past_key_values=self._cache
-        )
+            logits = self.model(tokens, past_kv_cache=self._cache, attention_mask=torch.ones_like(tokens))
+        else:
+            with bridge_cache_names(self.model):
+                logits, self._cache = self.model(
+                    tokens, return_type="logits_and_cache", use_cache=True, past_key_values=self._cache
+                )
+        self.n_seen += tokens.shape[1]
+        self._check_cache()
         return logits
+
+    def cached_length(self) -> int:
+        """How many positions the KV cache holds now."""
+        if self.kind == "hooked":
+            entries = self._cache.entries
+            return int(entries[0].past_keys.shape[1]) if entries else 0
+        return 0 if self._cache is None else int(self._cache.get_seq_length())
+
+    def _check_cache(self) -> None:
+        held = self.cached_length()
+        if held != self.n_seen:
+            raise ModelError(
+                f"KV-cached decoding is broken on this install: after {self.n_seen} tokens the model's cache holds "
+                f"{held}, so each step would attend to the wrong keys. Installed: {versions()}. "
+                f"Known good: {KNOWN_GOOD}; reinstall from the lock with `make setup`."
+            )
 
 
 def _hooked_cache_class() -> Any:
