@@ -183,8 +183,7 @@ def test_smollm2_finds_a_needle_in_a_haystack(smollm2):
     half = len(filler) // 2
     context = filler[:half] + "The secret code for the vault is 4821. " + filler[half:]
     sample = Sample(prompt=context + "\nWhat is the secret code for the vault?", answer=" 4821")
-    tokens = sample.with_chat_template(smollm2.tokenizer).encode(smollm2.tokenizer).input_ids[None]
-    assert tokens.shape[1] > 400
-    with torch.no_grad():
-        out = smollm2.generate(tokens, max_new_tokens=14, do_sample=False, verbose=False)
-    assert "4821" in smollm2.tokenizer.decode(out[0, tokens.shape[1] :])
+    chat = sample.with_chat_template(smollm2.tokenizer)
+    assert len(chat.encode(smollm2.tokenizer).input_ids) > 400
+    # headscope's own KV-cached decoding (TransformerLens's bridge.generate ignores the cache under transformers 5.24)
+    assert "4821" in hs.generate_answer(smollm2, chat, max_new_tokens=14)
