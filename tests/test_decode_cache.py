@@ -20,6 +20,8 @@ PROMPT = [0, 5, 9, 11, 7, 23, 40]
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-gpt-neo"])
 def test_cached_steps_equal_full_forwards_without_a_cache(name: str, model_kind: tuple[str, bool]) -> None:
     kind, compat = model_kind
+    if kind == "hooked" and name == "tiny-gpt-neo":
+        pytest.skip("headscope builds HookedTransformers for Llama and GPT-2 folders only")
     model = hs.load_model(name, kind=kind, compatibility_mode=compat)
     tokens = list(greedy_steps(model, torch.tensor(PROMPT), max_new_tokens=6, stop_ids=()))
     with torch.no_grad():
