@@ -206,16 +206,14 @@ def test_score_route_is_refused_where_score_edits_are_discarded(tiny_neo):
     assert no_hooks_left(tiny_neo)
 
 
-def test_a_discarded_score_edit_is_detected_on_the_first_call(tiny_neo):
+def test_a_discarded_score_edit_is_detected_on_the_first_call(tiny_neo, monkeypatch):
     """If model_info wrongly claimed score edits work, the read-back of hook_pattern catches it."""
-    info = hs.model_info(tiny_neo)
-    object.__setattr__(tiny_neo, "_headscope_info", replace(info, score_edits=True))
-    try:
-        with pytest.raises(ModelError, match="did not reach the attention pattern"):
-            with torch.no_grad(), knockout(tiny_neo, [(0, 1)], "edge", keys=[1]):
-                tiny_neo(TOKENS)
-    finally:
-        object.__setattr__(tiny_neo, "_headscope_info", info)
+    from headscope.models import _info
+
+    monkeypatch.setitem(_info._INFOS, tiny_neo, replace(hs.model_info(tiny_neo), score_edits=True))
+    with pytest.raises(ModelError, match="did not reach the attention pattern"):
+        with torch.no_grad(), knockout(tiny_neo, [(0, 1)], "edge", keys=[1]):
+            tiny_neo(TOKENS)
     assert no_hooks_left(tiny_neo)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -16,6 +17,8 @@ from headscope.hooks import attached, attn_hook
 from headscope.models._kinds import Kind, model_kind
 
 Head = tuple[int, int]
+
+_INFOS: weakref.WeakKeyDictionary[Any, ModelInfo] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -76,14 +79,14 @@ class ModelInfo:
 
 
 def model_info(model: Any, *, refresh: bool = False) -> ModelInfo:
-    """Describe ``model`` (probed once, then cached on the model object).
+    """Describe ``model`` (probed once, then cached for as long as the model lives).
 
     >>> from headscope import load_model
     >>> info = model_info(load_model("tiny-llama"))
     >>> (info.n_layers, info.n_heads, info.n_kv_heads, info.kv_group, info.positional)
     (2, 4, 2, 2, 'rotary')
     """
-    cached = getattr(model, "_headscope_info", None)
+    cached = _INFOS.get(model)
     if cached is not None and not refresh:
         return cached
     kind = model_kind(model)
@@ -105,7 +108,7 @@ def model_info(model: Any, *, refresh: bool = False) -> ModelInfo:
     info = ModelInfo(
         **partial, pattern_edits=_edit_honoured(model, "pattern"), score_edits=_edit_honoured(model, "attn_scores")
     )
-    object.__setattr__(model, "_headscope_info", info)
+    _INFOS[model] = info
     return info
 
 

@@ -158,7 +158,8 @@ def tiny_folder(
 
         tokenizer = tiny_tokenizer()
         config = _config(arch, len(tokenizer), tokenizer.bos_token_id, n_layers, d_model, n_heads, kv, n_ctx)
-        torch.manual_seed(seed)
-        return AutoModelForCausalLM.from_config(config).eval(), tokenizer
+        with torch.random.fork_rng(devices=[]):  # seed the weights without touching the caller's RNG
+            torch.manual_seed(seed)
+            return AutoModelForCausalLM.from_config(config).eval(), tokenizer
 
     return _cached_folder(f"tiny-{arch}", spec, build)
