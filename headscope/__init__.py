@@ -19,6 +19,7 @@ from headscope.compare import head_set as head_set
 from headscope.compare import jaccard as jaccard
 from headscope.compare import rank_correlation as rank_correlation
 from headscope.compare import recall as recall
+from headscope.errors import ConfigError as ConfigError
 from headscope.errors import ContextLengthError as ContextLengthError
 from headscope.errors import HeadIndexError as HeadIndexError
 from headscope.errors import HeadscopeError as HeadscopeError
@@ -74,6 +75,7 @@ from headscope.viz import head_map as head_map
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConfigError",
     "ContextLengthError",
     "Correlation",
     "FinetuneResult",

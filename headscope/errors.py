@@ -9,6 +9,7 @@ Each also subclasses the built-in exception a caller would expect
 from __future__ import annotations
 
 __all__ = [
+    "ConfigError",
     "ContextLengthError",
     "HeadIndexError",
     "HeadscopeError",
@@ -16,11 +17,16 @@ __all__ = [
     "ModelError",
     "ModelMismatchError",
     "SpanError",
+    "TaskError",
 ]
 
 
 class HeadscopeError(Exception):
     """Base class of every error headscope raises on bad input."""
+
+
+class ConfigError(HeadscopeError, ValueError):
+    """An argument or option has a value headscope cannot use; the message says which values it accepts."""
 
 
 class ModelError(HeadscopeError, TypeError):
@@ -53,6 +59,7 @@ class TaskError(HeadscopeError, ValueError):
 
 for _cls in (
     HeadscopeError,
+    ConfigError,
     ModelError,
     ModelMismatchError,
     HeadIndexError,

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from headscope.errors import ConfigError
 from headscope.models import model_info, tokenizer_of
 from headscope.retrieval import RougeRecall, greedy_steps
 from headscope.tasks import Sample
@@ -56,7 +57,7 @@ def answer_accuracy(model: Any, sample: Sample) -> float:
     enc = sample.encode(tokenizer_of(model))
     n = len(enc.answer_ids)
     if n == 0:
-        raise ValueError("the sample's answer is empty: nothing to score")
+        raise ConfigError("the sample's answer is empty: nothing to score")
     tokens = torch.cat([enc.input_ids, enc.answer_ids])
     model_info(model).check_length(len(tokens))
     device = next(model.parameters()).device

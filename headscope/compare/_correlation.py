@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from headscope.errors import ConfigError
+
 __all__ = ["Correlation", "correlate"]
 
 Method = Literal["spearman", "pearson"]
@@ -107,12 +109,12 @@ def correlate(
     (0.9, 5, True)
     """
     if method not in ("spearman", "pearson"):
-        raise ValueError(f"method must be 'spearman' or 'pearson'; got {method!r}")
+        raise ConfigError(f"method must be 'spearman' or 'pearson'; got {method!r}")
     if isinstance(x, Mapping) != isinstance(y, Mapping):
-        raise ValueError("give x and y both as sequences or both as mappings from label to value")
+        raise ConfigError("give x and y both as sequences or both as mappings from label to value")
     if isinstance(x, Mapping) and isinstance(y, Mapping):
         if set(x) != set(y):
-            raise ValueError(
+            raise ConfigError(
                 f"x and y must have the same labels; only in x: {sorted(set(x) - set(y))}, "
                 f"only in y: {sorted(set(y) - set(x))}"
             )
@@ -120,21 +122,21 @@ def correlate(
         x, y = [x[k] for k in labels], [y[k] for k in labels]
     xs, ys = np.asarray(x, float), np.asarray(y, float)
     if xs.ndim != 1 or xs.shape != ys.shape:
-        raise ValueError(f"x and y must be 1-d and of equal length; got shapes {xs.shape} and {ys.shape}")
+        raise ConfigError(f"x and y must be 1-d and of equal length; got shapes {xs.shape} and {ys.shape}")
     if len(xs) < 3:
-        raise ValueError(f"a correlation needs at least 3 points; got {len(xs)}")
+        raise ConfigError(f"a correlation needs at least 3 points; got {len(xs)}")
     if np.isnan(xs).any() or np.isnan(ys).any():
-        raise ValueError("x and y must not contain NaN")
+        raise ConfigError("x and y must not contain NaN")
     for name, values in (("x", xs), ("y", ys)):
         if np.ptp(values) == 0:
-            raise ValueError(f"{name} is constant ({values[0]}), so no correlation is defined")
+            raise ConfigError(f"{name} is constant ({values[0]}), so no correlation is defined")
     if not 0 < confidence < 1:
-        raise ValueError(f"confidence must lie in (0, 1); got {confidence}")
+        raise ConfigError(f"confidence must lie in (0, 1); got {confidence}")
     if n_boot < 1:
-        raise ValueError(f"n_boot must be at least 1; got {n_boot}")
+        raise ConfigError(f"n_boot must be at least 1; got {n_boot}")
     labels = [str(i) for i in range(len(xs))] if labels is None else [str(label) for label in labels]
     if len(labels) != len(xs):
-        raise ValueError(f"got {len(labels)} labels for {len(xs)} points")
+        raise ConfigError(f"got {len(labels)} labels for {len(xs)} points")
     result = stats.spearmanr(xs, ys) if method == "spearman" else stats.pearsonr(xs, ys)
     idx = np.random.default_rng(seed).integers(0, len(xs), size=(n_boot, len(xs)))
     boot = _statistic(xs[idx], ys[idx], method)

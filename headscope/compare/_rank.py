@@ -12,7 +12,7 @@ import pandas as pd
 from scipy import stats
 
 from headscope.compare._sets import Scores, as_grid, head_set
-from headscope.errors import ModelMismatchError
+from headscope.errors import ConfigError, ModelMismatchError
 from headscope.heads import Head
 
 __all__ = ["RankAgreement", "rank_correlation"]
@@ -106,7 +106,7 @@ def rank_correlation(scores_a: Scores, scores_b: Scores, *, top_k: int = 20) -> 
         )
     both = ~(np.isnan(a) | np.isnan(b))
     if both.sum() < 3:
-        raise ValueError(f"a rank correlation needs at least 3 heads scored in both maps; got {int(both.sum())}")
+        raise ConfigError(f"a rank correlation needs at least 3 heads scored in both maps; got {int(both.sum())}")
     result = stats.spearmanr(a[both], b[both])
     top_a, top_b = head_set(a, top_k=top_k), head_set(b, top_k=top_k)
     return RankAgreement(

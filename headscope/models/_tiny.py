@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
+from headscope.errors import ConfigError
 from headscope.models._cache import cache_dir
 
 _WORDS = (
@@ -148,7 +149,7 @@ def tiny_folder(
     there (the case headscope's interventions must detect).
     """
     if arch not in ("llama", "gpt2", "gpt-neo"):
-        raise ValueError(f"arch must be 'llama', 'gpt2' or 'gpt-neo'; got {arch!r}")
+        raise ConfigError(f"arch must be 'llama', 'gpt2' or 'gpt-neo'; got {arch!r}")
     kv = n_kv_heads if n_kv_heads is not None else (max(1, n_heads // 2) if arch == "llama" else n_heads)
     spec = dict(arch=arch, n_layers=n_layers, d_model=d_model, n_heads=n_heads, n_kv_heads=kv, n_ctx=n_ctx, seed=seed)
 

@@ -11,7 +11,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from headscope.errors import HeadscopeError
+from headscope.errors import ConfigError, HeadscopeError
 
 Head = tuple[int, int]
 
@@ -63,7 +63,7 @@ class PatchingResult:
         Each entry is ``((layer, head), effect)``, as ``RetrievalScores.top`` gives ``((layer, head), score)``.
         """
         if by not in ("effect", "abs"):
-            raise ValueError(f"by must be 'effect' or 'abs'; got {by!r}")
+            raise ConfigError(f"by must be 'effect' or 'abs'; got {by!r}")
         scores = self.effects().flatten()
         scores = scores.abs() if by == "abs" else scores
         order = torch.argsort(scores, descending=True, stable=True)[: max(0, k)]

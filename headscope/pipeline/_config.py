@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from headscope.errors import ConfigError
 from headscope.tasks._documents import HAYSTACKS, NEEDLES
 
 __all__ = ["REAL", "SYNTHETIC", "PipelineConfig", "Variant"]
@@ -24,7 +25,7 @@ class Variant:
 
     def __post_init__(self) -> None:
         if self.needle not in NEEDLES or self.haystack not in HAYSTACKS:
-            raise ValueError(
+            raise ConfigError(
                 f"variant {self.name!r}: needle must be one of {NEEDLES} and haystack one of {HAYSTACKS}; "
                 f"got needle={self.needle!r}, haystack={self.haystack!r}"
             )
@@ -127,7 +128,7 @@ class PipelineConfig:
         if not self.knockout_ks or min(self.knockout_ks) < 1:
             problems.append(f"knockout_ks must be head counts >= 1; got {self.knockout_ks}")
         if problems:
-            raise ValueError("invalid PipelineConfig: " + "; ".join(problems))
+            raise ConfigError("invalid PipelineConfig: " + "; ".join(problems))
         object.__setattr__(self, "variants", tuple(self.variants))
         object.__setattr__(self, "knockout_ks", tuple(int(k) for k in self.knockout_ks))
         object.__setattr__(self, "knockout_seeds", tuple(int(s) for s in self.knockout_seeds))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from headscope.errors import ConfigError
 from headscope.pipeline._config import PipelineConfig, Variant
 from headscope.tasks import Sample, needle_sample, shipped_corpus
 
@@ -30,7 +31,7 @@ def variant_samples(
     (2, 'natural', 64)
     """
     if split not in ("train", "eval"):
-        raise ValueError(f"split must be 'train' or 'eval'; got {split!r}")
+        raise ConfigError(f"split must be 'train' or 'eval'; got {split!r}")
     n, offset = (config.n_train, _TRAIN) if split == "train" else (config.n_eval, _EVAL)
     seed = config.seed * 1000 + offset
     depths = random.Random(f"{seed}-{variant.name}-depths")

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from headscope.errors import ConfigError
 from headscope.models import tokenizer_of
 from headscope.tasks import Sample
 
@@ -57,7 +58,7 @@ def task_score(model: Any, samples: Sequence[Sample]) -> TaskScore:
     (0.0, True, 1)
     """
     if not samples:
-        raise ValueError("task_score needs at least one sample")
+        raise ConfigError("task_score needs at least one sample")
     correct, logprob = 0.0, 0.0
     for sample in samples:
         logits, answer = _answer_logits(model, sample)

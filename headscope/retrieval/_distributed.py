@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
+from headscope.errors import ConfigError
 from headscope.retrieval._scores import RetrievalScores
 
 __all__ = ["all_gather_scores", "shard_samples"]
@@ -24,9 +25,9 @@ def shard_samples(samples: Sequence[T], rank: int, world_size: int) -> list[T]:
     ([0, 1], [2, 3, 4])
     """
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, world_size={world_size}); got {rank}")
+        raise ConfigError(f"rank must be in [0, world_size={world_size}); got {rank}")
     if world_size > len(samples):
-        raise ValueError(f"cannot split {len(samples)} samples into {world_size} non-empty shards")
+        raise ConfigError(f"cannot split {len(samples)} samples into {world_size} non-empty shards")
     n = len(samples)
     return list(samples[n * rank // world_size : n * (rank + 1) // world_size])
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from headscope.errors import ContextLengthError, ModelMismatchError
+from headscope.errors import ConfigError, ContextLengthError, ModelMismatchError
 from headscope.models import model_info, tokenizer_of
 from headscope.tasks import EncodedSample, Sample
 
@@ -67,7 +67,7 @@ def answer_nll(model: Any, batch: Sequence[EncodedSample]) -> tuple[Float[Tensor
 def prepare(model: Any, samples: Samples, tokenizer: Any = None) -> list[EncodedSample]:
     """Encode ``samples`` for ``model`` and check them, reporting every bad sample at once."""
     if len(samples) == 0:
-        raise ValueError("no samples given: fine-tuning and the answer loss need at least one sample")
+        raise ConfigError("no samples given: fine-tuning and the answer loss need at least one sample")
     info = model_info(model)
     if any(isinstance(s, Sample) for s in samples):
         tokenizer = tokenizer if tokenizer is not None else tokenizer_of(model)
@@ -78,7 +78,7 @@ def prepare(model: Any, samples: Samples, tokenizer: Any = None) -> list[Encoded
         raise TypeError(f"samples must be headscope Sample or EncodedSample objects; got a {bad}")
     empty = [i for i, s in enumerate(encoded) if len(s.answer_ids) == 0]
     if empty:
-        raise ValueError(f"samples {_listed(empty)} have an empty answer; the answer loss needs answer tokens")
+        raise ConfigError(f"samples {_listed(empty)} have an empty answer; the answer loss needs answer tokens")
     too_big = [i for i, s in enumerate(encoded) if int(torch.cat([s.input_ids, s.answer_ids]).max()) >= info.d_vocab]
     if too_big:
         raise ModelMismatchError(

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from torch import nn
 
-from headscope.errors import ModelError
+from headscope.errors import ConfigError, ModelError
 
 Preset = Literal["attention", "attention_weights", "all"]
 Train = Preset | Sequence[str] | Callable[[str], bool]
@@ -66,7 +66,7 @@ def select_parameters(model: Any, train: Train = "attention") -> dict[str, nn.Pa
     unused = _fused_copies(model)
     if isinstance(train, str):
         if train not in PRESETS:
-            raise ValueError(
+            raise ConfigError(
                 f"train must be one of the presets {', '.join(map(repr, PRESETS))}, a list of regular "
                 f"expressions or a predicate on parameter names; got the string {train!r} "
                 f"(for a regular expression, pass [{train!r}])"
@@ -89,7 +89,7 @@ def select_parameters(model: Any, train: Train = "attention") -> dict[str, nn.Pa
 
 def _by_patterns(named: dict[str, nn.Parameter], patterns: list[str]) -> dict[str, nn.Parameter]:
     if not patterns or not all(isinstance(p, str) for p in patterns):
-        raise ValueError(f"train as a list must hold regular expressions (strings); got {patterns!r}")
+        raise ConfigError(f"train as a list must hold regular expressions (strings); got {patterns!r}")
     compiled = [re.compile(p) for p in patterns]
     missed = [p.pattern for p in compiled if not any(p.search(n) for n in named)]
     if missed:

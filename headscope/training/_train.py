@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from headscope.errors import ModelError
+from headscope.errors import ConfigError, ModelError
 from headscope.tasks import EncodedSample
 from headscope.training._loss import Samples, answer_nll, prepare
 from headscope.training._result import FinetuneResult
@@ -212,4 +212,4 @@ def _check_settings(
     if schedule not in ("constant", "linear", "cosine"):
         problems.append(f"schedule must be 'constant', 'linear' or 'cosine' (got {schedule!r})")
     if problems:
-        raise ValueError("; ".join(problems))
+        raise ConfigError("; ".join(problems))

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from headscope.errors import ModelMismatchError
+from headscope.errors import ConfigError, ModelMismatchError
 from headscope.models import model_kind
 from headscope.training._select import named_parameters
 
@@ -40,7 +40,7 @@ def save_weights(model: Any, path: str | Path, names: Iterable[str]) -> Path:
     if missing:
         raise ModelMismatchError(f"the model has no parameters named {missing[:10]}; it has {list(named)[:10]} ...")
     if not names:
-        raise ValueError("names is empty: nothing to save")
+        raise ConfigError("names is empty: nothing to save")
     tensors = {n: named[n].detach().to("cpu").clone().contiguous() for n in names}
     path = Path(path)
     save_file(tensors, str(path), metadata=_describe(model))
