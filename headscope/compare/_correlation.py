@@ -6,13 +6,14 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
-from scipy import stats
 
 from headscope.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["Correlation", "correlate"]
 
@@ -43,6 +44,8 @@ class Correlation:
 
     def to_frame(self) -> pd.DataFrame:
         """One row per point: label, x, y."""
+        import pandas as pd
+
         return pd.DataFrame({"label": list(self.labels), "x": list(self.x), "y": list(self.y)})
 
     def plot(self, title: str = "", x_title: str = "recall", y_title: str = "score") -> Any:
@@ -80,6 +83,8 @@ class Correlation:
 
 def _statistic(x: np.ndarray, y: np.ndarray, method: str) -> np.ndarray:
     """Row-wise correlation of ``[resample, n]`` arrays (NaN where a row is constant)."""
+    from scipy import stats
+
     if method == "spearman":
         x, y = stats.rankdata(x, axis=-1), stats.rankdata(y, axis=-1)
     x = x - x.mean(-1, keepdims=True)
@@ -108,6 +113,8 @@ def correlate(
     >>> round(r.value, 2), r.n, r.ci_low <= r.value <= r.ci_high
     (0.9, 5, True)
     """
+    from scipy import stats
+
     if method not in ("spearman", "pearson"):
         raise ConfigError(f"method must be 'spearman' or 'pearson'; got {method!r}")
     if isinstance(x, Mapping) != isinstance(y, Mapping):

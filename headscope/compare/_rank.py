@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-from scipy import stats
 
 from headscope.compare._sets import Scores, as_grid, head_set
 from headscope.errors import ConfigError, ModelMismatchError
 from headscope.heads import Head
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["RankAgreement", "rank_correlation"]
 
@@ -38,6 +39,8 @@ class RankAgreement:
 
     def to_frame(self) -> pd.DataFrame:
         """One row per head: layer, head, label, score_a, score_b, and whether it is in each top-k."""
+        import pandas as pd
+
         a, b = np.asarray(self.scores_a), np.asarray(self.scores_b)
         top_a, top_b = set(self.top_a), set(self.top_b)
         return pd.DataFrame(
@@ -98,6 +101,8 @@ def rank_correlation(scores_a: Scores, scores_b: Scores, *, top_k: int = 20) -> 
     >>> round(agreement.spearman, 6), agreement.overlap
     (1.0, 1.0)
     """
+    from scipy import stats
+
     a, b = as_grid(scores_a, "scores_a"), as_grid(scores_b, "scores_b")
     if a.shape != b.shape:
         raise ModelMismatchError(

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class FinetuneResult:
 
     def to_frame(self) -> pd.DataFrame:
         """Long frame with columns ``step``, ``metric`` (``"loss"``, ``"lr"`` or an eval name), ``value``."""
+        import pandas as pd
+
         rows = [
             {"step": i + 1, "metric": name, "value": value}
             for i, (loss, lr) in enumerate(zip(self.losses, self.lrs, strict=True))
