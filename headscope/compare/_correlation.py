@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from headscope.errors import ConfigError
+from headscope.results import Saved
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -21,7 +20,7 @@ Method = Literal["spearman", "pearson"]
 
 
 @dataclass(frozen=True)
-class Correlation:
+class Correlation(Saved):
     """A correlation between paired values ``x`` and ``y`` (e.g. head-set recall and task score per model).
 
     ``value`` and ``p_value`` (two-sided, against no correlation) come from ``scipy.stats``;
@@ -69,16 +68,6 @@ class Correlation:
         )
         fig.update_layout(title=f"{title}<br>{summary}" if title else summary, xaxis_title=x_title, yaxis_title=y_title)
         return fig
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self)))
-
-    @classmethod
-    def load(cls, path: str | Path) -> Correlation:
-        data = json.loads(Path(path).read_text())
-        for key in ("x", "y", "labels"):
-            data[key] = tuple(data[key])
-        return cls(**data)
 
 
 def _statistic(x: np.ndarray, y: np.ndarray, method: str) -> np.ndarray:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -12,6 +10,7 @@ import numpy as np
 from headscope.compare._sets import Scores, as_grid, head_set
 from headscope.errors import ConfigError, ModelMismatchError
 from headscope.heads import Head
+from headscope.results import Saved
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -20,7 +19,7 @@ __all__ = ["RankAgreement", "rank_correlation"]
 
 
 @dataclass(frozen=True)
-class RankAgreement:
+class RankAgreement(Saved):
     """How alike two ``[layer, head]`` score maps rank the heads.
 
     ``spearman`` and ``p_value`` come from ``scipy.stats.spearmanr`` over the ``n_heads`` heads scored
@@ -76,18 +75,6 @@ class RankAgreement:
             yaxis_title="score b",
         )
         return fig
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self)))
-
-    @classmethod
-    def load(cls, path: str | Path) -> RankAgreement:
-        data = json.loads(Path(path).read_text())
-        for key in ("top_a", "top_b"):
-            data[key] = tuple(tuple(h) for h in data[key])
-        for key in ("scores_a", "scores_b"):
-            data[key] = tuple(tuple(row) for row in data[key])
-        return cls(**data)
 
 
 def rank_correlation(scores_a: Scores, scores_b: Scores, *, top_k: int = 20) -> RankAgreement:

@@ -8,10 +8,8 @@ heads matter, patching them recovers more of the source-target gap than random h
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +21,7 @@ from headscope.heads import random_heads
 from headscope.models import model_info
 from headscope.patching._metrics import AnswerLogProb, Metric, metric_name
 from headscope.patching._patch import _as_batch, check_same_architecture, patched, record_heads
+from headscope.results import Saved
 
 Head = tuple[int, int]
 
@@ -30,7 +29,7 @@ __all__ = ["PatchingComparison", "compare_patching"]
 
 
 @dataclass(frozen=True)
-class PatchingComparison:
+class PatchingComparison(Saved):
     """Mean metric (over the inputs) of the target unpatched, the source, and the target with each head set patched.
 
     ``sets`` maps a set name (``"shared"``, ``"complement"``, ``"random-0"``...) to its heads;
@@ -84,21 +83,6 @@ class PatchingComparison:
             fig.add_scatter(x=["random"] * len(rand), y=list(rand["value"]), mode="markers", name="random sets")
         fig.update_layout(title=title or f"patching source into target: {self.metric}", yaxis_title=self.metric)
         return fig
-
-    def save(self, path: str | Path) -> None:
-        payload = {
-            "metric": self.metric,
-            "values": self.values,
-            "sets": {k: [list(h) for h in v] for k, v in self.sets.items()},
-            "settings": self.settings,
-        }
-        Path(path).write_text(json.dumps(payload))
-
-    @classmethod
-    def load(cls, path: str | Path) -> PatchingComparison:
-        data = json.loads(Path(path).read_text())
-        sets = {k: [(int(a), int(b)) for a, b in v] for k, v in data["sets"].items()}
-        return cls(metric=data["metric"], values=data["values"], sets=sets, settings=data["settings"])
 
 
 def compare_patching(

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,6 +10,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from headscope.errors import ConfigError, HeadscopeError
+from headscope.results import Saved
 
 Head = tuple[int, int]
 
@@ -19,7 +18,7 @@ __all__ = ["PatchingResult"]
 
 
 @dataclass(frozen=True)
-class PatchingResult:
+class PatchingResult(Saved):
     """The metric after patching each head, as a ``[layer, head]`` grid.
 
     ``values[l, h]`` is the metric of the run with head ``(l, h)`` patched (TransformerLens's
@@ -100,30 +99,6 @@ class PatchingResult:
             value_name=f"Δ {self.metric}",
             colorscale="RdBu",
             zmid=0.0,
-        )
-
-    def save(self, path: str | Path) -> None:
-        """Write JSON that :meth:`load` reads back exactly (float32 values survive the round trip)."""
-        payload = {
-            "values": self.values.detach().cpu().float().tolist(),
-            "metric": self.metric,
-            "baseline": self.baseline,
-            "reference": self.reference,
-            "method": self.method,
-            "settings": self.settings,
-        }
-        Path(path).write_text(json.dumps(payload))
-
-    @classmethod
-    def load(cls, path: str | Path) -> PatchingResult:
-        data = json.loads(Path(path).read_text())
-        return cls(
-            values=torch.tensor(data["values"], dtype=torch.float32),
-            metric=data["metric"],
-            baseline=data["baseline"],
-            reference=data["reference"],
-            method=data["method"],
-            settings=data["settings"],
         )
 
     def __eq__(self, other: object) -> bool:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from headscope.results import Saved
 
 if TYPE_CHECKING:
     import pandas as pd
 
 
 @dataclass(frozen=True)
-class FinetuneResult:
+class FinetuneResult(Saved):
     """What a :func:`~headscope.training.finetune` run did.
 
     ``losses[i]`` is the mean answer-token loss of the batch of optimizer step ``i + 1``, taken
@@ -64,27 +64,3 @@ class FinetuneResult:
         fig.update_xaxes(title_text="step", row=2 if metrics else 1, col=1)
         fig.update_yaxes(title_text="answer loss", row=1, col=1)
         return fig.update_layout(title="Fine-tuning", template="plotly_white")
-
-    def save(self, path: str | Path) -> Path:
-        """Write the result as JSON; :meth:`load` reads it back equal."""
-        path = Path(path)
-        data = {
-            "losses": list(self.losses),
-            "lrs": list(self.lrs),
-            "evals": list(self.evals),
-            "trained": list(self.trained),
-            "settings": self.settings,
-        }
-        path.write_text(json.dumps(data, indent=1))
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> FinetuneResult:
-        data = json.loads(Path(path).read_text())
-        return cls(
-            losses=tuple(data["losses"]),
-            lrs=tuple(data["lrs"]),
-            evals=tuple(data["evals"]),
-            trained=tuple(data["trained"]),
-            settings=data["settings"],
-        )
