@@ -97,8 +97,11 @@ def _detect(args: argparse.Namespace) -> int:
     print(f"samples counted (answered correctly): {scores.n_counted} of {len(samples)}")
     attention = None
     if scores.n_counted:
-        attention = _top_heads_attention(model, log, scores, args.needle_label)
-        attention.save(out / "attention.json")
+        try:
+            attention = _top_heads_attention(model, log, scores, args.needle_label)
+            attention.save(out / "attention.json")
+        except ValueError as error:  # e.g. an answer repeated so often that the window holds too many tokens
+            print(f"the report shows no attention view: {error}")
     _detect_report(out, args.model, scores, outcomes, attention)
     if scores.n_counted == 0:
         print("no sample was answered, so no head has a score; try shorter contexts or another task")
@@ -109,8 +112,8 @@ def _detect(args: argparse.Namespace) -> int:
     values = scores.scores
     share = float((values > RETRIEVAL_THRESHOLD).float().mean())
     print(f"heads above {RETRIEVAL_THRESHOLD}: {share:.1%} of {values.numel()}")
-    files = "scores.json, head_score.json, scores.csv, outcomes.csv, attention.json, report.html"
-    print(f"wrote {out}/{{{files}}} in {time.perf_counter() - start:.0f} s")
+    files = ["scores.json", "head_score.json", "scores.csv", "outcomes.csv"] + (["attention.json"] if attention else [])
+    print(f"wrote {out}/{{{', '.join([*files, 'report.html'])}}} in {time.perf_counter() - start:.0f} s")
     return 0
 
 

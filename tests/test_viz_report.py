@@ -225,8 +225,10 @@ def test_retrieval_report_leaves_out_what_the_run_lacks(run):
     assert [s.key for s in retrieval_report(run["scores"], outcomes=outcomes)] == ["heads", "table"]
 
 
-def test_detect_writes_the_report_of_a_run_nothing_answered(tmp_path, capsys):
+def test_detect_writes_the_report_of_a_run_nothing_answered(run, tmp_path, capsys):
     out = tmp_path / "detect"
+    out.mkdir()
+    run["knockout"].save(out / "knockout.json")  # a knockout run written to the same folder joins the report
     args = ["detect", "--model", "tiny-llama", "--no-chat", "--needle", "symbolic", "--haystack", "symbolic"]
     args += ["--lengths", "120", "--depths", "0", "100", "--n-samples", "1", "--mode", "teacher_forced"]
     assert main([*args, "--out", str(out)]) == 1
@@ -234,7 +236,7 @@ def test_detect_writes_the_report_of_a_run_nothing_answered(tmp_path, capsys):
     outcomes = pd.read_csv(out / "outcomes.csv")
     assert outcomes[["length", "depth", "success"]].values.tolist() == [[120, 0.0, False], [120, 100.0, False]]
     page = (out / "report.html").read_text(encoding="utf-8")
-    assert re.findall(r'<div class="figure" id="figure-(\w+)">', page) == ["needle", "table"]
+    assert re.findall(r'<div class="figure" id="figure-(\w+)">', page) == ["needle", "knockout", "table"]
     assert "0 of 2 samples answered" in page and not (out / "attention.json").exists()
 
 

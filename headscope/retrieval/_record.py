@@ -230,7 +230,7 @@ class _Stop(Exception):
 
 def _capture(
     model: Any, ids: Tensor, pairs: list[Head], shown: Tensor, rows: Tensor
-) -> tuple[Float[Tensor, "head shown shown"], Float[Tensor, "head query"], Int[Tensor, "head query"]]:
+) -> tuple[Float[Tensor, "head query key"], Float[Tensor, "head query"], Int[Tensor, "head query"]]:
     """``pattern[head, shown, shown]`` and the top-1 key of each query row, from one (truncated) forward."""
     n = len(ids)
     layers = sorted({layer for layer, _ in pairs})

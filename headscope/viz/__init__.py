@@ -4,6 +4,17 @@ viz draws; it runs nothing. Every function takes results, frames or tensors and 
 figure or HTML object, without running a model, showing or writing anything (except
 :func:`save_report`, which writes its file). Models are run on the analysis side, e.g.
 :func:`headscope.retrieval.record_attention` for :func:`attention_view`.
+
+The figures of a retrieval run's report, one call each::
+
+    log = SuccessLog()                                   # headscope.retrieval
+    scores = detect_retrieval_heads(model, samples, success=log)
+    needle_heatmap(log.to_frame())                       # answer success per length x depth
+    head_map(scores.scores, threshold=0.1, label_top=5)  # the head map, Wu et al.'s cut outlined
+    attention_view(record_attention(model, sample, [h for h, _ in scores.top(3)]))
+    knockout_curve_figure(curve.to_frame())              # top heads against random heads
+    ranked_table(scores.to_frame())                      # every head, top 20 shown
+    save_report("report.html", "run", retrieval_report(scores, outcomes=log.to_frame(), ...))
 """
 
 from headscope.viz._attention import AttentionView as AttentionView
