@@ -118,13 +118,15 @@ def _detect(args: argparse.Namespace) -> int:
 
 
 def _top_heads_attention(model: Any, log: Any, scores: Any, needle_label: str, n_heads: int = 3) -> Any:
-    """The top heads' attention on one answered sample: the longest context, needle nearest mid-depth."""
+    """The top heads' attention on one answered sample (the longest context, needle nearest mid-depth),
+    at the rows that produced the answer in the model's own output."""
     from headscope.retrieval import record_attention
 
-    answered = [sample for sample, _, ok in log.records if ok]
-    sample = max(answered, key=lambda s: (s.meta.get("length", 0), -abs(s.meta.get("depth", 50.0) - 50.0)))
+    answered = [i for i, (_, _, ok) in enumerate(log.records) if ok]
+    meta = lambda i: log.records[i][0].meta  # noqa: E731
+    index = max(answered, key=lambda i: (meta(i).get("length", 0), -abs(meta(i).get("depth", 50.0) - 50.0)))
     heads = [head for head, _ in scores.top(n_heads)]
-    return record_attention(model, sample, heads, needle_label=needle_label, window=16)
+    return record_attention(model, log.replay(index), heads, needle_label=needle_label, window=16)
 
 
 def _detect_report(out: Path, model: str, scores: Any, outcomes: Any, attention: Any) -> None:

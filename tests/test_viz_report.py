@@ -192,6 +192,21 @@ def test_success_log_records_detection_verdicts_without_changing_its_settings(ru
     assert plain == run["scores"]  # same sums, counts and settings: the log changes nothing, so runs merge
 
 
+def test_success_log_replays_the_models_own_words_before_the_answer(run):
+    sample = run["samples"][0]
+    value = sample.answer.strip()
+    log = SuccessLog()
+    for output in (f" The value is {value}.", f" {value}", " no idea"):
+        log(sample, output)
+    replayed = log.replay(0)
+    assert replayed.prompt == sample.prompt + " The value is" and replayed.answer == sample.answer
+    assert replayed.spans == sample.spans and replayed.text("needle") == [value]
+    assert log.replay(1) is sample and log.replay(2) is sample  # nothing before the answer / no answer
+    rows = record_attention(run["model"], replayed, [(0, 0)], window=1)
+    enc = replayed.encode(tiny_tokenizer())
+    assert rows.query_positions[0] == len(enc.input_ids) - 1  # the row after "The value is" predicts the answer
+
+
 def test_retrieval_report_shows_the_sections_in_order_with_captions(run):
     scores, attention = run["scores"], run["attention"]
     sections = retrieval_report(

@@ -9,6 +9,7 @@ success per (context length x needle depth) comes out of the detection run itsel
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from headscope.retrieval._detect import _describe
@@ -42,6 +43,25 @@ class SuccessLog:
         ok = bool(self.rule(sample, output))
         self.records.append((sample, output, ok))
         return ok
+
+    def replay(self, index: int) -> Sample:
+        """Sample ``index`` with the model's own words before its answer appended to the prompt.
+
+        Chat models often restate the question before answering ("The native language of X is
+        Welsh."). Teacher-forcing the gold answer after this prompt replays the rows that really
+        produced it, e.g. for :func:`~headscope.retrieval.record_attention`. When the output does
+        not hold the answer verbatim, the sample comes back unchanged.
+
+        >>> log = SuccessLog()
+        >>> _ = log(Sample("Q: language? A:", " Welsh"), " It is Welsh.")
+        >>> log.replay(0).prompt
+        'Q: language? A: It is'
+        """
+        sample, output, _ = self.records[index]
+        found = output.find(sample.answer.strip())
+        if found <= 0 or not output[:found].strip():
+            return sample
+        return replace(sample, prompt=sample.prompt + output[:found].rstrip())
 
     def to_frame(self) -> Any:
         """One row per sample judged: index, length, depth (NaN without needle meta), answer, output, success."""

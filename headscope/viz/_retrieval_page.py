@@ -102,7 +102,7 @@ def retrieval_report(
                 f"Attention of the top {len(attention.heads)} heads on one answered sample ({where}): "
                 f"{len(attention.positions)} of {attention.n_tokens} tokens, a window around the "
                 f"'{attention.needle_label}' span plus BOS; rows are the {len(attention.query_positions)} positions "
-                "predicting the gold answer (teacher-forced), and the table gives each row's top-1 key.",
+                "that produce the answer (teacher-forced); the table gives each row's top-1 key over the whole input.",
                 "attention",
             )
         )
