@@ -101,8 +101,8 @@ def retrieval_report(
                 attention_view(attention),
                 f"Attention of the top {len(attention.heads)} heads on one answered sample ({where}): "
                 f"{len(attention.positions)} of {attention.n_tokens} tokens, a window around the "
-                f"'{attention.needle_label}' span plus BOS; rows are the {len(attention.query_positions)} positions "
-                "that produce the answer (teacher-forced); the table gives each row's top-1 key over the whole input.",
+                f"'{attention.needle_label}' span plus BOS; {_rows(len(attention.query_positions))} the answer "
+                "(teacher-forced); the table gives each row's top-1 key over the whole input.",
                 "attention",
             )
         )
@@ -127,3 +127,7 @@ def retrieval_report(
         )
     )
     return sections
+
+
+def _rows(n: int) -> str:
+    return "the row is the position that produces" if n == 1 else f"rows are the {n} positions that produce"
