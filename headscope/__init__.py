@@ -50,8 +50,10 @@ from headscope.patching import patched as patched
 from headscope.pipeline import PipelineConfig as PipelineConfig
 from headscope.pipeline import PipelineResult as PipelineResult
 from headscope.pipeline import run_pipeline as run_pipeline
+from headscope.retrieval import AttentionRows as AttentionRows
 from headscope.retrieval import RetrievalScores as RetrievalScores
 from headscope.retrieval import detect_retrieval_heads as detect_retrieval_heads
+from headscope.retrieval import record_attention as record_attention
 from headscope.tasks import Sample as Sample
 from headscope.tasks import Span as Span
 from headscope.tasks import citation as citation
@@ -75,6 +77,7 @@ from headscope.viz import head_map as head_map
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttentionRows",
     "ConfigError",
     "ContextLengthError",
     "Correlation",
@@ -132,6 +135,7 @@ __all__ = [
     "rank_correlation",
     "real_mdqa",
     "recall",
+    "record_attention",
     "retrieval_success",
     "run_pipeline",
     "save_weights",

@@ -73,43 +73,76 @@ def _report(out: Path, title: str, sections: list[tuple[str, Any]]) -> None:
 
 
 def _detect(args: argparse.Namespace) -> int:
-    from headscope.retrieval import RETRIEVAL_THRESHOLD, detect_retrieval_heads
-    from headscope.viz import top_heads_bar
+    from headscope.retrieval import RETRIEVAL_THRESHOLD, SuccessLog, detect_retrieval_heads
 
     start = time.perf_counter()
     model = _load_model(args.model, args.kind, args.weights)
     samples = _samples(args, model)
     print(f"{args.model}: {len(samples)} {args.task} samples, {args.mode} detection", flush=True)
+    log = SuccessLog()
     scores = detect_retrieval_heads(
-        model, samples, mode=args.mode, needle_label=args.needle_label, max_new_tokens=args.max_new_tokens
+        model,
+        samples,
+        mode=args.mode,
+        needle_label=args.needle_label,
+        max_new_tokens=args.max_new_tokens,
+        success=log,
     )
     out = _out(args)
     scores.save(out / "scores.json")
     scores.to_wu_json(out / "head_score.json")
-    frame = scores.to_frame()
-    frame.to_csv(out / "scores.csv", index=False)
+    scores.to_frame().to_csv(out / "scores.csv", index=False)
+    outcomes = log.to_frame()
+    outcomes.to_csv(out / "outcomes.csv", index=False)
     print(f"samples counted (answered correctly): {scores.n_counted} of {len(samples)}")
+    attention = None
+    if scores.n_counted:
+        try:
+            attention = _top_heads_attention(model, log, scores, args.needle_label)
+            attention.save(out / "attention.json")
+        except ValueError as error:  # e.g. an answer repeated so often that the window holds too many tokens
+            print(f"the report shows no attention view: {error}")
+    _detect_report(out, args.model, scores, outcomes, attention)
     if scores.n_counted == 0:
-        _report(out, f"Retrieval heads of {args.model}", [("All heads", frame)])
         print("no sample was answered, so no head has a score; try shorter contexts or another task")
         return 1
-    values = scores.scores
-    share = float((values > RETRIEVAL_THRESHOLD).float().mean())
-    _report(
-        out,
-        f"Retrieval heads of {args.model}",
-        [
-            ("Retrieval score per head", scores.plot()),
-            (f"Top {args.top} heads", top_heads_bar(values, k=args.top)),
-            ("All heads", frame),
-        ],
-    )
     print(f"top {args.top} heads:")
     for (layer, head), score in scores.top(args.top):
         print(f"  L{layer}H{head}  {score:.3f}")
+    values = scores.scores
+    share = float((values > RETRIEVAL_THRESHOLD).float().mean())
     print(f"heads above {RETRIEVAL_THRESHOLD}: {share:.1%} of {values.numel()}")
-    print(f"wrote {out}/scores.json, head_score.json, scores.csv, report.html in {time.perf_counter() - start:.0f} s")
+    files = ["scores.json", "head_score.json", "scores.csv", "outcomes.csv"] + (["attention.json"] if attention else [])
+    print(f"wrote {out}/{{{', '.join([*files, 'report.html'])}}} in {time.perf_counter() - start:.0f} s")
     return 0
+
+
+def _top_heads_attention(model: Any, log: Any, scores: Any, needle_label: str, n_heads: int = 3) -> Any:
+    """The top heads' attention on one answered sample (the longest context, needle nearest mid-depth),
+    at the rows that produced the answer in the model's own output."""
+    from headscope.retrieval import record_attention
+
+    answered = [i for i, (_, _, ok) in enumerate(log.records) if ok]
+    meta = lambda i: log.records[i][0].meta  # noqa: E731
+    index = max(answered, key=lambda i: (meta(i).get("length", 0), -abs(meta(i).get("depth", 50.0) - 50.0)))
+    heads = [head for head, _ in scores.top(n_heads)]
+    return record_attention(model, log.replay(index), heads, needle_label=needle_label, window=16)
+
+
+def _detect_report(out: Path, model: str, scores: Any, outcomes: Any, attention: Any) -> None:
+    """report.html of a detection run; a knockout.json already in ``out`` adds its curve."""
+    from headscope.retrieval import RETRIEVAL_THRESHOLD
+    from headscope.viz import retrieval_report
+
+    knockout = None
+    if (out / "knockout.json").is_file():
+        from headscope.ablation import KnockoutCurve
+
+        knockout = KnockoutCurve.load(out / "knockout.json")
+    sections = retrieval_report(
+        scores, outcomes=outcomes, attention=attention, knockout=knockout, threshold=RETRIEVAL_THRESHOLD
+    )
+    _report(out, f"Retrieval heads of {model}", sections)
 
 
 def _knockout(args: argparse.Namespace) -> int:

@@ -1,17 +1,24 @@
 """Render an HTML file in headless Chromium, save a screenshot, and say how much of it was drawn.
 
     python scripts/render_check.py report.html --out shot.png [--size 1200,900] [--budget-ms 5000]
+        [--regions figure-needle,figure-attention]
 
 Chromium runs offline-friendly (no background networking, a throwaway profile) with a virtual
 time budget so the page's JavaScript (plotly, circuitsvis) runs before the screenshot. The PNG
 is decoded here with ``zlib`` alone, so the check needs no imaging library. The script prints
 the fraction of non-white pixels and of strongly coloured pixels: a page whose scripts failed
 shows headings and text only, with almost no colour.
+
+With ``--regions``, it first asks Chromium where those elements (by id) lie on the page, then
+screenshots the whole page at that height and counts the coloured pixels inside each element:
+a figure that did not draw has none, whatever the rest of the page shows.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import shutil
 import struct
 import subprocess
@@ -70,6 +77,73 @@ def screenshot(
 def dump_dom(html: str | Path, *, budget_ms: int = 5000, timeout: float = 120.0) -> str:
     """The page's DOM after its scripts ran (what JavaScript built, as HTML)."""
     return _run(["--dump-dom"], Path(html), budget_ms, timeout).stdout
+
+
+_BOXES = """<script>
+window.addEventListener("load", () => setTimeout(() => {
+  const boxes = {};
+  for (const id of IDS) {
+    const element = document.getElementById(id);
+    if (element) {
+      const b = element.getBoundingClientRect();
+      boxes[id] = [b.left + scrollX, b.top + scrollY, b.right + scrollX, b.bottom + scrollY].map(Math.round);
+    }
+  }
+  const root = document.documentElement;
+  boxes["__page__"] = [0, 0, root.scrollWidth, root.scrollHeight];
+  const out = document.createElement("pre");
+  out.id = "render-check-boxes";
+  out.textContent = JSON.stringify(boxes);
+  document.body.appendChild(out);
+}, 500));
+</script>"""
+
+
+def element_boxes(
+    html: str | Path, ids: list[str], *, width: int = 1200, budget_ms: int = 5000, timeout: float = 120.0
+) -> dict[str, tuple[int, int, int, int]]:
+    """``{id: (left, top, right, bottom)}`` in page pixels for each element found, plus ``"__page__"``.
+
+    The page is laid out in a window ``width`` pixels wide (the height does not change the layout
+    of a report). A copy of it with one script added at the end measures the elements after the
+    page's own scripts ran; the box of an id not on the page is left out.
+    """
+    page = Path(html).read_text(encoding="utf-8")
+    probe = _BOXES.replace("IDS", json.dumps(ids))
+    with tempfile.TemporaryDirectory(prefix="render-boxes-") as folder:
+        copy = Path(folder) / "page.html"
+        copy.write_text(page.replace("</body>", probe + "</body>") if "</body>" in page else page + probe, "utf-8")
+        dom = _run(["--dump-dom", f"--window-size={width},1000"], copy, budget_ms, timeout).stdout
+    found = re.search(r'<pre id="render-check-boxes">(.*?)</pre>', dom, re.S)
+    if found is None:
+        raise RuntimeError("the page's element boxes were never written: did its scripts fail?")
+    return {key: tuple(box) for key, box in json.loads(found.group(1)).items()}
+
+
+def region_pixels(
+    html: str | Path, ids: list[str], png: str | Path, *, width: int = 1200, budget_ms: int = 5000
+) -> dict[str, dict[str, int]]:
+    """Screenshot the whole page and count, inside each element of ``ids``, its pixels.
+
+    Returns ``{id: {"pixels": area, "non_white": n, "coloured": n}}`` (an id not on the page
+    maps to zeros). ``coloured`` pixels have a clear hue (plot ink, not black or grey text).
+    """
+    boxes = element_boxes(html, ids, width=width, budget_ms=budget_ms)
+    height = min(boxes["__page__"][3] + 20, 16000)
+    image = read_png(screenshot(html, png, size=(width, height), budget_ms=budget_ms))
+    counts = {}
+    for key in ids:
+        box = boxes.get(key)
+        if box is None:
+            counts[key] = {"pixels": 0, "non_white": 0, "coloured": 0}
+            continue
+        rgb = _crop(image, box).astype(int)
+        counts[key] = {
+            "pixels": int(rgb.shape[0] * rgb.shape[1]),
+            "non_white": int((rgb.min(axis=-1) < 235).sum()),
+            "coloured": int((rgb.max(axis=-1) - rgb.min(axis=-1) > 40).sum()),
+        }
+    return counts
 
 
 def read_png(path: str | Path) -> np.ndarray:
@@ -153,8 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("render-check.png"))
     parser.add_argument("--size", default="1200,900", help="window width,height in pixels")
     parser.add_argument("--budget-ms", type=int, default=5000, help="virtual time for the page's scripts")
+    parser.add_argument("--regions", help="comma-separated element ids whose coloured pixels to count")
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.split(","))
+    if args.regions:
+        counts = region_pixels(args.html, args.regions.split(","), args.out, width=width, budget_ms=args.budget_ms)
+        for key, count in counts.items():
+            print(f"#{key}: {count['pixels']} pixels, {count['non_white']} non-white, {count['coloured']} coloured")
+        return 0 if all(count["coloured"] > 0 for count in counts.values()) else 1
     png = screenshot(args.html, args.out, size=(width, height), budget_ms=args.budget_ms)
     image = read_png(png)
     print(f"{png}: {image.shape[1]}x{image.shape[0]}")

@@ -1,4 +1,7 @@
-"""Attention views: which tokens they show, that the numbers are the model's, and bad input."""
+"""Attention records and views: which tokens they keep, that the numbers are the model's, and bad input.
+
+``record_attention`` (analysis) runs the model; ``attention_view`` (viz) only draws the record.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import pytest
 import torch
 
 import headscope as hs
+from headscope.retrieval import AttentionRows, record_attention
 from headscope.tasks import Sample, Span
 from headscope.viz import AttentionView, attention_view, attention_window
 
@@ -30,7 +34,7 @@ def _shown_props(view: AttentionView) -> dict:
 def test_view_window_holds_needle_answer_rows_and_bos(tiny_llama, tokenizer):
     enc = SAMPLE.encode(tokenizer)
     (needle_start, needle_end), n_prompt, n_answer = enc.spans["needle"][0], len(enc.input_ids), len(enc.answer_ids)
-    view = attention_view(tiny_llama, SAMPLE, [(1, 2)], window=3)
+    view = record_attention(tiny_llama, SAMPLE, [(1, 2)], window=3)
     answer_rows = list(range(n_prompt - 1, n_prompt - 1 + n_answer))
     expected = sorted({0, *range(needle_start - 3, needle_end + 3), *answer_rows})
     assert list(view.positions) == expected
@@ -41,9 +45,10 @@ def test_view_window_holds_needle_answer_rows_and_bos(tiny_llama, tokenizer):
     assert not _hooks_left(tiny_llama)
 
 
-def test_view_numbers_equal_directly_captured_pattern(tiny_llama, tokenizer):
+def test_record_numbers_and_top_keys_equal_directly_captured_pattern(tiny_llama, tokenizer):
     heads = [(1, 3), (0, 1), (1, 0)]  # unsorted, two heads of one layer
-    view = attention_view(tiny_llama, SAMPLE, heads, window=4)
+    rows = record_attention(tiny_llama, SAMPLE, heads, window=4)
+    view = attention_view(rows)
     enc = SAMPLE.encode(tokenizer)
     ids = torch.cat([enc.input_ids, enc.answer_ids]).unsqueeze(0)
     names = [f"blocks.{layer}.attn.hook_pattern" for layer in (0, 1)]
@@ -53,6 +58,10 @@ def test_view_numbers_equal_directly_captured_pattern(tiny_llama, tokenizer):
     for h, (layer, head) in enumerate(heads):
         full = acts[names[layer]][0, head]
         torch.testing.assert_close(view.pattern[h], full[index][:, index], rtol=0, atol=1e-7)
+        # the top key of each answer row is the argmax over the whole row, not only the kept keys
+        answer_rows = full[list(rows.query_positions)]
+        assert rows.top_keys[h].tolist() == answer_rows.argmax(-1).tolist()
+        torch.testing.assert_close(rows.top_values[h], answer_rows.max(-1).values, rtol=0, atol=1e-7)
     shown = torch.tensor(_shown_props(view)["attention"], dtype=torch.float64)
     torch.testing.assert_close(shown, view.pattern.double(), rtol=0, atol=5.1e-5)
     assert view.heads == ("L1H3", "L0H1", "L1H0")
@@ -60,49 +69,90 @@ def test_view_numbers_equal_directly_captured_pattern(tiny_llama, tokenizer):
 
 def test_view_of_raw_tokens_uses_the_given_positions(tiny_gpt2):
     ids = torch.arange(1, 41)
-    view = attention_view(tiny_gpt2, ids, [(0, 1)], window=2, around=[10], query_positions=[20, 25])
+    view = record_attention(tiny_gpt2, ids, [(0, 1)], window=2, around=[10], queries=[20, 25])
     assert view.positions == (0, 8, 9, 10, 11, 12, 20, 25)
-    last = attention_view(tiny_gpt2, ids, [(0, 1)], window=0, around=[5], query_positions="last", include_bos=False)
+    last = record_attention(tiny_gpt2, ids, [(0, 1)], window=0, around=[5], queries="last", include_bos=False)
     assert last.positions == (5, 39)
 
 
-def test_view_stops_after_the_last_needed_layer_and_keeps_user_hooks(tiny_llama):
+def test_record_stops_after_the_last_needed_layer_and_keeps_user_hooks(tiny_llama):
     hs.model_info(tiny_llama)  # probed (with full forward passes) before the user's hook goes on
     calls = []
     with hs.attached(tiny_llama, [("blocks.1.attn.hook_pattern", lambda p, hook: calls.append(1))]):
-        attention_view(tiny_llama, torch.arange(1, 30), [(0, 0)], around=[10], query_positions="last")
+        record_attention(tiny_llama, torch.arange(1, 30), [(0, 0)], around=[10], queries="last")
         assert calls == []  # layer 1 never ran
-        attention_view(tiny_llama, torch.arange(1, 30), [(1, 0)], around=[10], query_positions="last")
+        record_attention(tiny_llama, torch.arange(1, 30), [(1, 0)], around=[10], queries="last")
         assert calls == [1]
         assert tiny_llama.hook_dict["blocks.1.attn.hook_pattern"].fwd_hooks  # the user's hook is still there
     assert not _hooks_left(tiny_llama)
 
 
-def test_view_rejects_bad_heads_and_positions_and_leaves_no_hooks(tiny_llama):
+def test_record_rejects_bad_heads_and_positions_and_leaves_no_hooks(tiny_llama):
     with pytest.raises(hs.HeadIndexError, match=r"within a 2x4 model; got \(2, 0\), \(0, 9\)"):
-        attention_view(tiny_llama, SAMPLE, [(2, 0), (0, 9), (1, 1)])
+        record_attention(tiny_llama, SAMPLE, [(2, 0), (0, 9), (1, 1)])
     with pytest.raises(hs.SpanError, match="need a Sample"):
-        attention_view(tiny_llama, torch.arange(1, 30), [(0, 0)])
+        record_attention(tiny_llama, torch.arange(1, 30), [(0, 0)])
     with pytest.raises(hs.SpanError, match=r"query positions \[30\] are outside the input of 29 tokens"):
-        attention_view(tiny_llama, torch.arange(1, 30), [(0, 0)], around=[3], query_positions=[4, 30])
+        record_attention(tiny_llama, torch.arange(1, 30), [(0, 0)], around=[3], queries=[4, 30])
     with pytest.raises(ValueError, match="window must be >= 0"):
-        attention_view(tiny_llama, SAMPLE, [(0, 0)], window=-1)
-    with pytest.raises(ValueError, match="query_positions must be 'answer', 'last' or positions; got 'first'"):
-        attention_view(tiny_llama, SAMPLE, [(0, 0)], query_positions="first")
+        record_attention(tiny_llama, SAMPLE, [(0, 0)], window=-1)
+    with pytest.raises(ValueError, match="queries must be 'answer', 'last' or positions; got 'first'"):
+        record_attention(tiny_llama, SAMPLE, [(0, 0)], queries="first")
     no_needle = Sample(PROMPT, " 4712")
     with pytest.raises(hs.SpanError, match="sample has no 'needle' span"):
-        attention_view(tiny_llama, no_needle, [(0, 0)])
-    with pytest.raises(ValueError, match=r"the view would show 1026 tokens, more than 1024; pass a smaller window"):
-        attention_view(
+        record_attention(tiny_llama, no_needle, [(0, 0)])
+    with pytest.raises(ValueError, match=r"the record would keep 1026 tokens, more than 1024; pass a smaller window"):
+        record_attention(
             tiny_llama,
             torch.arange(1, 1101) % 200,
             [(0, 0)],
             window=512,
             around=[520],
-            query_positions="last",
+            queries="last",
             include_bos=False,
         )
     assert not _hooks_left(tiny_llama)
+
+
+def test_record_keeps_the_span_detection_names(tiny_llama, tokenizer):
+    """``needle_label`` picks the span the window surrounds, as in detection."""
+    start = PROMPT.index("filler", 100)
+    sample = Sample(PROMPT, " 4712", spans=(*SAMPLE.spans, Span("answer", start, start + 6)))
+    rows = record_attention(tiny_llama, sample, [(0, 0)], needle_label="answer", window=0, include_bos=False)
+    (a, b) = sample.encode(tokenizer).spans["answer"][0]
+    assert rows.focus == tuple(range(a, b)) and rows.needle_label == "answer"
+    assert set(rows.positions) == set(range(a, b)) | set(rows.query_positions)
+
+
+def test_record_round_trips_and_frames_agree_with_its_pattern(tiny_llama, tmp_path):
+    rows = record_attention(tiny_llama, SAMPLE, [(1, 2), (0, 3)], window=2)
+    again = AttentionRows.load(rows.save(tmp_path / "rows.json"))
+    assert torch.equal(again.pattern, rows.pattern) and torch.equal(again.top_keys, rows.top_keys)
+    assert torch.equal(again.top_values, rows.top_values)
+    assert (again.positions, again.tokens, again.heads, again.top_tokens, again.focus, again.meta) == (
+        rows.positions, rows.tokens, rows.heads, rows.top_tokens, rows.focus, rows.meta,
+    )  # fmt: skip
+    frame = rows.to_frame()
+    i, q = 1, rows.query_positions[-1]
+    row = frame[(frame["label"] == "L0H3") & (frame["query"] == q) & (frame["key"] == rows.positions[i])].iloc[0]
+    assert row.value == pytest.approx(float(rows.pattern[1, rows.positions.index(q), i]))
+    assert set(frame.loc[frame["in_span"], "key"]) == set(rows.focus)
+    top = rows.top_frame()
+    assert len(top) == 2 * len(rows.query_positions)
+    assert top["key"].tolist() == rows.top_keys.flatten().tolist()
+
+
+def test_view_draws_exactly_the_record_with_its_top_keys(tiny_llama):
+    rows = record_attention(tiny_llama, SAMPLE, [(1, 2), (0, 3)], window=2)
+    view = rows.plot()
+    assert isinstance(view, AttentionView) and view.positions == rows.positions and view.heads == rows.labels
+    props = _shown_props(view)
+    torch.testing.assert_close(torch.tensor(props["attention"]), rows.pattern, rtol=0, atol=5.1e-5)
+    assert props["attentionHeadNames"] == ["L1H2", "L0H3"]
+    page = view.html(include_js=False)
+    assert page.count("<tr><td>L") == 2 * len(rows.query_positions)  # one table row per (head, answer row)
+    key = int(rows.top_keys[0, 0])
+    assert f"<td>{key}</td>" in page
 
 
 def test_attention_window_slices_the_given_pattern():
@@ -155,7 +205,7 @@ def test_view_matches_hugging_face_attentions_on_smollm2(smollm2, smollm2_hf, sm
     start = prompt.index("7381")
     sample = Sample(prompt, " 7381", spans=(Span("needle", start, start + 4),))
     heads = [(14, 3), (15, 6)]  # two of its heads that copy the needle
-    view = attention_view(smollm2, sample, heads, window=8)
+    view = record_attention(smollm2, sample, heads, window=8)
     enc = sample.encode(smollm2_tokenizer)
     ids = torch.cat([enc.input_ids, enc.answer_ids]).unsqueeze(0)
     with torch.no_grad():

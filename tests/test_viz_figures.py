@@ -1,4 +1,5 @@
-"""Shared figures: top-heads bar, knockout curve with its random-head band, recall scatter."""
+"""Shared figures: top-heads bar, knockout curve with its random-head band, recall scatter,
+the needle-in-a-haystack heatmap, the thresholded head map and the ranked table."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 from scipy import stats
 
-from headscope.viz import knockout_curve_figure, recall_scatter, top_heads_bar
+from headscope.viz import head_map, knockout_curve_figure, needle_heatmap, ranked_table, recall_scatter, top_heads_bar
 
 
 def test_top_heads_bar_orders_heads_by_score_and_skips_nan():
@@ -107,3 +108,61 @@ def test_recall_scatter_options_and_degenerate_input():
         recall_scatter([0.1, 0.2, 0.3], [1, 2, 3], ["a", "b"])
     with pytest.raises(ValueError, match="finite"):
         recall_scatter([0.1, np.nan, 0.3], [1, 2, 3])
+
+
+def test_needle_heatmap_cells_are_success_rates_per_length_and_depth():
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "length": rng.choice([2000, 500, 1000], 60),
+            "depth": rng.choice([0.0, 50.0, 100.0, 25.0], 60),
+            "success": rng.random(60) < 0.6,
+        }
+    )
+    fig = needle_heatmap(frame)
+    heat = fig.data[0]
+    assert list(heat.y) == ["500", "1000", "2000"] and list(heat.x) == ["0%", "25%", "50%", "100%"]
+    for i, length in enumerate([500, 1000, 2000]):
+        for j, depth in enumerate([0.0, 25.0, 50.0, 100.0]):
+            cell = frame[(frame["length"] == length) & (frame["depth"] == depth)]["success"]
+            if len(cell):
+                assert heat.z[i][j] == pytest.approx(cell.mean())
+                assert heat.text[i][j] == f"{cell.sum()}/{len(cell)}"
+            else:
+                assert np.isnan(heat.z[i][j]) and heat.text[i][j] == ""
+    assert (heat.zmin, heat.zmax) == (0, 1)
+
+
+def test_needle_heatmap_needs_length_and_depth():
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['depth'\]"):
+        needle_heatmap(pd.DataFrame({"length": [1], "success": [True]}))
+    with pytest.raises(ValueError, match="only needle samples"):
+        needle_heatmap(pd.DataFrame({"length": [np.nan], "depth": [np.nan], "success": [True]}))
+
+
+def test_head_map_outlines_heads_above_the_threshold_and_labels_the_top():
+    grid = torch.rand(6, 5) * 0.2
+    grid[3, 1] = float("nan")
+    fig = head_map(grid, threshold=0.1, label_top=3)
+    outlined = fig.data[1]
+    above = [(int(y), int(x)) for x, y in zip(outlined.x, outlined.y, strict=True)]
+    expected = [(layer, head) for layer in range(6) for head in range(5) if grid[layer, head] > 0.1]
+    assert sorted(above) == expected and list(outlined.text) == [f"L{a}H{b}" for a, b in above]
+    assert outlined.name == "above 0.1"
+    filled = torch.nan_to_num(grid, nan=-1.0).flatten()
+    top3 = [f"L{i // 5}H{i % 5}" for i in torch.topk(filled, 3).indices.tolist()]
+    assert [a.text for a in fig.layout.annotations] == top3
+    assert 0.1 in list(fig.data[0].colorbar.tickvals)
+    plain = head_map(grid)
+    assert len(plain.data) == 1 and not plain.layout.annotations
+
+
+def test_ranked_table_shows_the_top_rows_and_folds_the_rest():
+    frame = pd.DataFrame({"label": [f"L0H{i}" for i in range(30)], "score": np.r_[np.linspace(0, 1, 29), np.nan]})
+    page = ranked_table(frame, shown=20)
+    top, folded = page.split("<details>")
+    order = [f"L0H{i}" for i in range(28, -1, -1)] + ["L0H29"]
+    assert [label for label in order if f">{label}<" in top] == order[:20]
+    assert [label for label in order if f">{label}<" in folded] == order[20:]
+    assert "the other 10 rows" in folded
+    assert "<details>" not in ranked_table(frame, shown=30)

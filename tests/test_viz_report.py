@@ -1,7 +1,9 @@
-"""HTML reports: structure, one copy of each JavaScript bundle, tables, and a real browser render."""
+"""HTML reports: structure, one copy of each JavaScript bundle, tables, the retrieval run's sections
+in order with their captions, and a real browser render that checks each figure's own region."""
 
 from __future__ import annotations
 
+import html
 import importlib.util
 import re
 import shutil
@@ -14,7 +16,13 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from headscope.viz import attention_window, head_map, html_report, save_report, top_heads_bar
+import headscope as hs
+from headscope.ablation import KnockoutCurve
+from headscope.cli import main
+from headscope.models import tiny_tokenizer
+from headscope.retrieval import SuccessLog, detect_retrieval_heads, record_attention
+from headscope.tasks import needle_grid
+from headscope.viz import attention_window, head_map, html_report, retrieval_report, save_report, top_heads_bar
 
 VOID = {"meta", "br", "img", "input", "link", "hr", "col", "source", "wbr", "area", "base", "embed", "track"}
 
@@ -138,9 +146,9 @@ def test_report_draws_figure_and_attention_view_in_chromium(tmp_path):
     inert = tmp_path / "inert.html"
     inert.write_text(re.sub(r"<script>.*?</script>", "<script></script>", page, flags=re.S), encoding="utf-8")
     shots = {}
-    for html in (drawn, inert):
-        png = rc.screenshot(html, tmp_path / f"{html.stem}.png", size=(1000, 2200), budget_ms=5000)
-        shots[html.stem] = rc.read_png(png)
+    for page_file in (drawn, inert):
+        png = rc.screenshot(page_file, tmp_path / f"{page_file.stem}.png", size=(1000, 2200), budget_ms=5000)
+        shots[page_file.stem] = rc.read_png(png)
     assert shots["drawn"].shape == (2200, 1000, 3) or shots["drawn"].shape == (2200, 1000, 4)
     # The attention view: 12 sharp cells in the zoomed heatmap, each hundreds of blue pixels.
     assert _hue_pixels(shots["drawn"], "blue") > 5000
@@ -148,6 +156,129 @@ def test_report_draws_figure_and_attention_view_in_chromium(tmp_path):
     assert _hue_pixels(shots["drawn"], "green") > 20000
     assert _hue_pixels(shots["inert"], "blue") < 5000 and _hue_pixels(shots["inert"], "green") < 20000
     assert rc.ink_fraction(shots["inert"]) < rc.ink_fraction(shots["drawn"])
+
+
+def _answered_early(sample, output: str) -> bool:
+    """A success rule with known verdicts: needles at depth 0 or 50 count, at depth 100 not."""
+    return sample.meta["depth"] < 100
+
+
+@pytest.fixture(scope="module")
+def run():
+    """A small detection run on tiny-llama with every result the report shows."""
+    model = hs.load_model("tiny-llama")
+    samples = needle_grid(tiny_tokenizer(), [120, 240], [0, 50, 100], needle="symbolic", haystack="symbolic")
+    log = SuccessLog(_answered_early)
+    scores = detect_retrieval_heads(model, samples, success=log, require_prediction=False, progress=False)
+    attention = record_attention(model, samples[1], [h for h, _ in scores.top(3)], window=4)
+    knockout = KnockoutCurve(
+        ks=(1, 2), top=(0.5, 0.25), random=((0.9, 0.8), (1.0, 0.7)), baseline=1.0, seeds=(0, 1),
+        ranking=((0, 0), (1, 1)), random_sets=((((0, 1),), ((0, 2), (1, 3))), (((1, 2),), ((0, 3), (1, 0)))),
+        exclude_top=2, mode="uniform", n_samples=6, model="tiny-llama",
+    )  # fmt: skip
+    return dict(model=model, samples=samples, log=log, scores=scores, attention=attention, knockout=knockout)
+
+
+def test_success_log_records_detection_verdicts_without_changing_its_settings(run):
+    frame = run["log"].to_frame()
+    assert [(r.length, r.depth) for r in frame.itertuples()] == [
+        (s.meta["length"], s.meta["depth"]) for s in run["samples"]
+    ]
+    assert frame["success"].tolist() == [s.meta["depth"] < 100 for s in run["samples"]]
+    assert run["scores"].n_counted == 4 and run["scores"].n_samples == 6
+    plain = detect_retrieval_heads(
+        run["model"], run["samples"], success=_answered_early, require_prediction=False, progress=False
+    )
+    assert plain == run["scores"]  # same sums, counts and settings: the log changes nothing, so runs merge
+
+
+def test_success_log_replays_the_models_own_words_before_the_answer(run):
+    sample = run["samples"][0]
+    value = sample.answer.strip()
+    log = SuccessLog()
+    for output in (f" The value is {value}.", f" {value}", " no idea"):
+        log(sample, output)
+    replayed = log.replay(0)
+    assert replayed.prompt == sample.prompt + " The value is" and replayed.answer == sample.answer
+    assert replayed.spans == sample.spans and replayed.text("needle") == [value]
+    assert log.replay(1) is sample and log.replay(2) is sample  # nothing before the answer / no answer
+    rows = record_attention(run["model"], replayed, [(0, 0)], window=1)
+    enc = replayed.encode(tiny_tokenizer())
+    assert rows.query_positions[0] == len(enc.input_ids) - 1  # the row after "The value is" predicts the answer
+
+
+def test_retrieval_report_shows_the_sections_in_order_with_captions(run):
+    scores, attention = run["scores"], run["attention"]
+    sections = retrieval_report(
+        scores, outcomes=run["log"].to_frame(), attention=attention, knockout=run["knockout"], label_top=2
+    )
+    assert [s.key for s in sections] == ["needle", "heads", "attention", "knockout", "table"]
+    assert all(s.caption and "\n" not in s.caption for s in sections)
+    captions = {s.key: s.caption for s in sections}
+    assert "2 context lengths x 3 needle depths: 4 of 6 samples answered, teacher_forced mode" in captions["needle"]
+    above = int((scores.scores > 0.1).sum())
+    assert f"{above / 8:.1%} of heads ({above}) score above Wu et al.'s 0.1" in captions["heads"]
+    assert "averaged over the 4 of 6 samples answered" in captions["heads"]
+    assert f"{len(attention.positions)} of {attention.n_tokens} tokens" in captions["attention"]
+    assert "mean ± std over 2 seeds" in captions["knockout"] and "(6 samples)" in captions["knockout"]
+    heat = sections[0].content.data[0]
+    assert heat.z.tolist() == [[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]]
+    heads = sections[1].content
+    assert [a.text for a in heads.layout.annotations] == [f"L{a}H{b}" for (a, b), _ in scores.top(2)]
+    assert sections[2].content.heads == attention.labels
+    page = html_report("run", sections)
+    assert _tag_errors(page) == []
+    ids = re.findall(r'<div class="figure" id="figure-(\w+)">', page)
+    assert ids == ["needle", "heads", "attention", "knockout", "table"]
+    assert all(f'<p class="caption">{html.escape(s.caption)}</p>' in page for s in sections)
+
+
+def test_retrieval_report_leaves_out_what_the_run_lacks(run):
+    sections = retrieval_report(run["scores"])
+    assert [s.key for s in sections] == ["heads", "table"]
+    outcomes = run["log"].to_frame().assign(length=np.nan)  # not needle samples
+    assert [s.key for s in retrieval_report(run["scores"], outcomes=outcomes)] == ["heads", "table"]
+
+
+def test_detect_writes_the_report_of_a_run_nothing_answered(run, tmp_path, capsys):
+    out = tmp_path / "detect"
+    out.mkdir()
+    run["knockout"].save(out / "knockout.json")  # a knockout run written to the same folder joins the report
+    args = ["detect", "--model", "tiny-llama", "--no-chat", "--needle", "symbolic", "--haystack", "symbolic"]
+    args += ["--lengths", "120", "--depths", "0", "100", "--n-samples", "1", "--mode", "teacher_forced"]
+    assert main([*args, "--out", str(out)]) == 1
+    assert "no sample was answered" in capsys.readouterr().out
+    outcomes = pd.read_csv(out / "outcomes.csv")
+    assert outcomes[["length", "depth", "success"]].values.tolist() == [[120, 0.0, False], [120, 100.0, False]]
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert re.findall(r'<div class="figure" id="figure-(\w+)">', page) == ["needle", "knockout", "table"]
+    assert "0 of 2 samples answered" in page and not (out / "attention.json").exists()
+
+
+def _without_scripts(page: str) -> str:
+    return re.sub(r"<script>.*?</script>", "<script></script>", page, flags=re.S)
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs chromium (apt-get install chromium)")
+def test_retrieval_report_draws_the_heatmap_and_the_attention_view_in_their_regions(run, tmp_path):
+    rc = _render_check()
+    sections = retrieval_report(
+        run["scores"], outcomes=run["log"].to_frame(), attention=run["attention"], knockout=run["knockout"]
+    )
+    drawn = save_report(tmp_path / "drawn.html", "render check", sections)
+    inert = tmp_path / "inert.html"
+    inert.write_text(_without_scripts(drawn.read_text(encoding="utf-8")), encoding="utf-8")
+    ids = ["figure-needle", "figure-heads", "figure-attention", "figure-knockout"]
+    counts = {f.stem: rc.region_pixels(f, ids, tmp_path / f"{f.stem}.png") for f in (drawn, inert)}
+    print("coloured pixels per region:", {k: v["coloured"] for k, v in counts["drawn"].items()})
+    for key in ids:
+        area = counts["drawn"][key]["pixels"]
+        assert area > 100_000, f"#{key} covers only {area} pixels"
+        assert counts["inert"][key]["coloured"] < 0.002 * area  # no script, no colour: the check tells them apart
+    # the heatmap's red-to-green cells and the attention view's blue cells, inside their own regions
+    assert counts["drawn"]["figure-needle"]["coloured"] > 20_000
+    assert counts["drawn"]["figure-attention"]["coloured"] > 5_000
+    assert counts["drawn"]["figure-heads"]["coloured"] > 5_000
 
 
 def test_png_reader_decodes_every_filter_type(tmp_path):

@@ -2,7 +2,8 @@
 
 :func:`detect_retrieval_heads` scores every head by greedy generation (Wu et al.'s procedure)
 or by one teacher-forced forward pass; :class:`RetrievalScores` holds the result as sums and
-counts that merge across runs and machines.
+counts that merge across runs and machines. :func:`record_attention` keeps a few heads'
+attention around the needle for :func:`headscope.viz.attention_view` to draw.
 """
 
 from headscope.retrieval._decode import Decoder as Decoder
@@ -11,6 +12,9 @@ from headscope.retrieval._detect import Mode as Mode
 from headscope.retrieval._detect import detect_retrieval_heads as detect_retrieval_heads
 from headscope.retrieval._distributed import all_gather_scores as all_gather_scores
 from headscope.retrieval._distributed import shard_samples as shard_samples
+from headscope.retrieval._outcomes import SuccessLog as SuccessLog
+from headscope.retrieval._record import AttentionRows as AttentionRows
+from headscope.retrieval._record import record_attention as record_attention
 from headscope.retrieval._rouge import RougeRecall as RougeRecall
 from headscope.retrieval._scores import RETRIEVAL_THRESHOLD as RETRIEVAL_THRESHOLD
 from headscope.retrieval._scores import RetrievalScores as RetrievalScores
@@ -18,13 +22,16 @@ from headscope.retrieval._top1 import count_hits as count_hits
 
 __all__ = [
     "RETRIEVAL_THRESHOLD",
+    "AttentionRows",
     "Decoder",
     "Mode",
     "RetrievalScores",
     "RougeRecall",
+    "SuccessLog",
     "all_gather_scores",
     "count_hits",
     "detect_retrieval_heads",
     "greedy_steps",
+    "record_attention",
     "shard_samples",
 ]

@@ -1,16 +1,10 @@
-"""Attention views that stay readable at long context.
+"""Attention views that stay readable at long context: draw what was recorded, run nothing.
 
-A full pattern at 8k tokens is 64M numbers per head: far too much for a browser, and mostly
-irrelevant. A retrieval head matters at two places: the needle it copies from and the
-positions that produce the answer. So a view shows only a few tokens: a window of ``window``
-keys either side of each position of interest (the needle span by default), the query
-positions (those that predict the answer tokens, teacher-forced), and BOS (the attention
-sink). The pattern restricted to those tokens is drawn with circuitsvis's ``AttentionHeads``
-widget. Rows do not sum to one there: the mass on tokens left out is simply not shown.
-
-:func:`attention_view` runs the model once and keeps only what is shown: the hooks slice
-each chosen layer's pattern to the chosen heads and tokens, and the forward pass stops after
-the last chosen layer. :func:`attention_window` does the same for a pattern you already have.
+:func:`headscope.retrieval.record_attention` runs the model and keeps a few tokens (a window
+around the needle, the answer rows, BOS) and each answer row's top-1 key. :func:`attention_view`
+draws such a record with circuitsvis's ``AttentionHeads`` widget, under a table of where each
+row's top key falls. :func:`attention_window` makes a view from a pattern you already have.
+Rows do not sum to one in a view: the mass on tokens left out is simply not shown.
 
 The HTML embeds circuitsvis's JavaScript bundle (about 1.3 MB), so it renders offline;
 circuitsvis's own ``RenderedHTML`` loads its script from unpkg.com in ``str()`` and probes
@@ -25,22 +19,34 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 
-from headscope.errors import MissingDependencyError, ModelError, SpanError
-from headscope.hooks import attached, attn_hook
-from headscope.models import model_info, tokenizer_of
-from headscope.tasks import Sample
+from headscope.errors import MissingDependencyError, SpanError
 
-__all__ = ["AttentionView", "attention_view", "attention_window", "circuitsvis_script"]
+if TYPE_CHECKING:
+    from headscope.retrieval import AttentionRows
+
+__all__ = ["AttentionView", "TopKey", "attention_view", "attention_window", "circuitsvis_script"]
 
 #: Views showing more tokens than this are refused: the page would be slow and unreadable.
 MAX_SHOWN = 1024
+
+
+class TopKey(NamedTuple):
+    """Where one head's top-1 key falls on one query row (``in_span``: inside the needle)."""
+
+    head: str
+    query: int
+    query_token: str
+    key: int
+    key_token: str
+    value: float
+    in_span: bool
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,7 @@ class AttentionView:
     heads: tuple[str, ...]
     query_positions: tuple[int, ...]
     n_tokens: int
+    top: tuple[TopKey, ...] = ()
 
     def html(self, *, include_js: bool = True) -> str:
         """HTML fragment drawing the view; ``include_js=False`` leaves out circuitsvis's bundle
@@ -79,7 +86,24 @@ class AttentionView:
             + '<div class="headscope-attention"><p style="font-family:sans-serif;font-size:13px;color:#444">'
             + html.escape(self.caption())
             + f'</p><div id="{div}" style="margin:15px 0"></div>'
-            + f'<script>CircuitsVis.render("{div}", CircuitsVis.AttentionHeads, {data});</script></div>'
+            + f'<script>CircuitsVis.render("{div}", CircuitsVis.AttentionHeads, {data});</script>'
+            + self._top_table()
+            + "</div>"
+        )
+
+    def _top_table(self) -> str:
+        """A table of each query row's top-1 key, or nothing when the view has none."""
+        if not self.top:
+            return ""
+        cells = "".join(
+            f"<tr><td>{html.escape(t.head)}</td><td>{t.query}</td><td>{html.escape(repr(t.query_token))}</td>"
+            f"<td>{t.key}</td><td>{html.escape(repr(t.key_token))}</td><td>{t.value:.3f}</td>"
+            f"<td>{'yes' if t.in_span else 'no'}</td></tr>"
+            for t in self.top
+        )
+        return (
+            '<table class="frame headscope-top-keys"><tr><th>head</th><th>row</th><th>row token</th>'
+            "<th>top key</th><th>key token</th><th>attention</th><th>in needle</th></tr>" + cells + "</table>"
         )
 
     def caption(self) -> str:
@@ -162,119 +186,32 @@ def attention_window(
     return AttentionView(sub, tuple(shown), tuple(str_tokens[p] for p in shown), tuple(names), tuple(queries), n)
 
 
-def attention_view(
-    model: Any,
-    tokens_or_sample: Sample | Int[Tensor, " pos"] | Sequence[int],
-    heads: Sequence[tuple[int, int]],
-    *,
-    window: int = 16,
-    around: Literal["needle"] | Sequence[int] = "needle",
-    query_positions: Literal["answer", "last"] | Sequence[int] = "answer",
-    include_bos: bool = True,
-    tokenizer: Any = None,
-) -> AttentionView:
-    """Run ``model`` once and view ``heads`` around the needle and at the answer positions.
+def attention_view(rows: AttentionRows) -> AttentionView:
+    """Draw a record of :func:`headscope.retrieval.record_attention`: its kept tokens and top keys.
 
-    With a :class:`~headscope.tasks.Sample`, ``around="needle"`` centres the key window on its
-    needle span(s), and ``query_positions="answer"`` appends the gold answer (teacher forcing)
-    and shows the rows that predict each answer token. ``"last"`` shows only the prompt's last
-    row. With raw token ids, give ``around`` and ``query_positions`` as positions. Keys within
-    ``window`` tokens of any ``around`` position are shown, plus BOS unless ``include_bos=False``.
-
-    >>> from headscope import load_model
+    >>> import headscope as hs
     >>> from headscope.tasks import Sample, Span
-    >>> model = load_model("tiny-llama")
     >>> sample = Sample("filler " * 30 + "The key is 4712. " + "filler " * 30 + "Key?", " 4712",
     ...                 spans=(Span("needle", 221, 225),))
-    >>> view = attention_view(model, sample, [(1, 0), (1, 3)], window=2)
-    >>> view.heads, len(view.positions) < view.n_tokens
+    >>> rows = hs.record_attention(hs.load_model("tiny-llama"), sample, [(1, 0), (1, 3)], window=2)
+    >>> view = attention_view(rows)
+    >>> view.heads, len(view.top) == 2 * len(view.query_positions)
     (('L1H0', 'L1H3'), True)
     """
-    info = model_info(model)
-    pairs = info.check_heads(heads)
-    if window < 0:
-        raise ValueError(f"window must be >= 0 tokens; got {window}")
-    tok = tokenizer or tokenizer_of(model)
-    ids, focus, queries = _positions(tokens_or_sample, around, query_positions, tok)
-    n = len(ids)
-    info.check_length(n)
-    keys = {k for p in focus for k in range(max(0, p - window), min(n, p + window + 1))}
-    shown = _shown(keys, queries, include_bos)
-    str_tokens = tuple(tok.decode([i]) for i in ids[shown].tolist())
-    pattern = _capture_rows(model, ids, pairs, torch.tensor(shown))
-    names = tuple(f"L{layer}H{head}" for layer, head in pairs)
-    return AttentionView(pattern, tuple(shown), str_tokens, names, tuple(queries), n)
-
-
-class _Stop(Exception):
-    """Raised by the last needed hook to end the forward pass early."""
-
-
-def _capture_rows(model: Any, ids: Tensor, pairs: list[tuple[int, int]], shown: Tensor) -> Tensor:
-    """``pattern[head, shown, shown]`` for each (layer, head), from one (truncated) forward pass."""
-    n = len(ids)
-    layers = sorted({layer for layer, _ in pairs})
-    store: dict[int, Tensor] = {}
-
-    def keeper(layer: int) -> Any:
-        wanted = torch.tensor([h for lay, h in pairs if lay == layer])
-
-        def keep(pattern: Tensor, hook: Any) -> None:
-            if pattern.ndim != 4 or pattern.shape[-2:] != (n, n):
-                raise ModelError(
-                    f"layer {layer}'s hook_pattern has shape {tuple(pattern.shape)}; expected [1, head, {n}, {n}]"
-                )
-            rows = pattern[0, wanted.to(pattern.device)][:, shown.to(pattern.device)]
-            store[layer] = rows[:, :, shown.to(pattern.device)].detach().cpu().float()
-            if layer == layers[-1]:
-                raise _Stop
-
-        return keep
-
-    device = next(model.parameters()).device
-    try:
-        with torch.no_grad(), attached(model, [(attn_hook(layer, "pattern"), keeper(layer)) for layer in layers]):
-            model(ids.unsqueeze(0).to(device))
-    except _Stop:
-        pass
-    missing = [layer for layer in layers if layer not in store]
-    if missing:
-        raise ModelError(f"the forward pass never reached hook_pattern of layer(s) {missing}")
-    counters = {layer: 0 for layer in layers}
-    out = []
-    for layer, _ in pairs:
-        out.append(store[layer][counters[layer]])
-        counters[layer] += 1
-    return torch.stack(out)
-
-
-def _positions(source: Any, around: Any, query_positions: Any, tokenizer: Any) -> tuple[Tensor, list[int], list[int]]:
-    """Token ids, the positions the key window surrounds, and the query rows."""
-    if isinstance(source, Sample):
-        enc = source.encode(tokenizer)
-        ids, n_prompt = enc.input_ids, len(enc.input_ids)
-        if isinstance(query_positions, str) and query_positions == "answer":
-            if len(enc.answer_ids) == 0:
-                raise SpanError("query_positions='answer' but the sample's answer has no tokens")
-            ids = torch.cat([ids, enc.answer_ids])
-            query_positions = range(n_prompt - 1, n_prompt - 1 + len(enc.answer_ids))
-        if isinstance(around, str) and around == "needle":
-            around = [p for start, end in enc.positions("needle") for p in range(start, end)]
-    else:
-        ids = torch.as_tensor(source, dtype=torch.long).flatten().cpu()
-        if isinstance(around, str) or (isinstance(query_positions, str) and query_positions == "answer"):
-            raise SpanError(
-                "around='needle' and query_positions='answer' need a Sample; with token ids, "
-                "give around=[positions] and query_positions=[positions] or 'last'"
-            )
-    n = len(ids)
-    if isinstance(query_positions, str):
-        if query_positions != "last":
-            raise ValueError(f"query_positions must be 'answer', 'last' or positions; got {query_positions!r}")
-        query_positions = [n - 1]
-    if isinstance(around, str):
-        raise ValueError(f"around must be 'needle' or positions; got {around!r}")
-    return ids, _check_positions(around, n, "around position"), _check_positions(query_positions, n, "query position")
+    frame = rows.top_frame()
+    top = tuple(
+        TopKey(r.label, int(r.query), r.query_token, int(r.key), r.key_token, float(r.value), bool(r.in_span))
+        for r in frame.itertuples(index=False)
+    )
+    return AttentionView(
+        rows.pattern.detach().cpu().float(),
+        tuple(rows.positions),
+        tuple(rows.tokens),
+        tuple(rows.labels),
+        tuple(rows.query_positions),
+        rows.n_tokens,
+        top,
+    )
 
 
 def _check_positions(positions: Any, n: int, what: str) -> list[int]:
