@@ -56,7 +56,8 @@ def _samples(args: argparse.Namespace, model: Any) -> list[Any]:
         size = {"n_pairs" if args.task == "kv" else "n_docs": args.n_docs}
         samples = builder(**size, **common)
     if args.chat and getattr(tokenizer, "chat_template", None):
-        samples = [s.with_chat_template(tokenizer) for s in samples]
+        prefix = None if args.answer_prefix == "none" else args.answer_prefix
+        samples = [s.with_chat_template(tokenizer, answer_prefix=prefix) for s in samples]
     return samples
 
 
@@ -223,6 +224,14 @@ def _add_task(parser: argparse.ArgumentParser, *, lengths: Sequence[int] = (500,
     )
     group.add_argument("--seed", type=int, default=0, help="seed of the task builder (default: %(default)s)")
     group.add_argument("--no-chat", dest="chat", action="store_false", help="do not wrap prompts in the chat template")
+    group.add_argument(
+        "--answer-prefix",
+        default="auto",
+        metavar="auto|none|TEXT",
+        help="chat prompts: how the assistant's turn starts. auto (default): each sample's lead-in, the needle "
+        "sentence up to the answer, so the gold answer is the next token as teacher-forced scores need; "
+        "none: nothing; any other TEXT: that text",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
