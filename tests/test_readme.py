@@ -32,6 +32,7 @@ def _setup(ns: dict) -> None:
 def _detect(ns: dict) -> None:
     scores = ns["scores"]
     counted = f"counted {scores.n_counted} of {scores.n_samples}"
+    print(f"\nREADME detection: {counted}, top {[(f'L{a}H{b}', round(v, 2)) for (a, b), v in scores.top(5)]}")
     assert scores.mode == "teacher_forced" and scores.n_counted > scores.n_samples / 2, counted
     assert scores.top(1)[0][1] > 0.5 and len(scores.above(0.1)) >= 5, scores.top(10)
     assert Path("scores.json").is_file() and Path("head_score.json").is_file()
@@ -71,6 +72,7 @@ def _patch(ns: dict) -> None:
     sweep, comparison = ns["sweep"], ns["result"]
     assert sweep.reference > sweep.baseline + 1, "the clean run prefers ' apple', the corrupted ' grape'"
     (_, effect), *_ = sweep.top(5)
+    print(f"\nREADME patching: corrupted {sweep.baseline:.2f}, clean {sweep.reference:.2f}, top {sweep.top(3)}")
     assert effect > 0.2 * (sweep.reference - sweep.baseline), "one head carries a good part of the answer"
     assert set(comparison.values) == {"target", "source", "shared", "complement", "random-0", "random-1"}
     assert all(math.isfinite(v) for v in comparison.values.values())
@@ -80,6 +82,7 @@ def _compare(ns: dict) -> None:
     import headscope as hs
 
     recall = hs.recall(ns["heads"], ns["tuned_heads"])
+    print(f"\nREADME fine-tuned copy: top-10 recall {recall:.2f}")
     assert recall >= 0.7, "three small steps of fine-tuning keep most retrieval heads"
     assert hs.rank_correlation(ns["scores"].scores, ns["tuned_scores"].scores, top_k=20).spearman > 0.5
 
