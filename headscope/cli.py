@@ -92,7 +92,10 @@ def _detect(args: argparse.Namespace) -> int:
     print(f"samples counted (answered correctly): {scores.n_counted} of {len(samples)}")
     if scores.n_counted == 0:
         _report(out, f"Retrieval heads of {args.model}", [("All heads", frame)])
-        print("no sample was answered, so no head has a score; try shorter contexts or another task")
+        print(
+            "no sample was answered, so no head has a score; try shorter contexts, another task, "
+            "--mode generation, or an --answer-prefix that makes the gold answer the model's next words"
+        )
         return 1
     values = scores.scores
     share = float((values > RETRIEVAL_THRESHOLD).float().mean())
