@@ -56,7 +56,8 @@ def _samples(args: argparse.Namespace, model: Any) -> list[Any]:
         size = {"n_pairs" if args.task == "kv" else "n_docs": args.n_docs}
         samples = builder(**size, **common)
     if args.chat and getattr(tokenizer, "chat_template", None):
-        samples = [s.with_chat_template(tokenizer) for s in samples]
+        prefix = None if args.answer_prefix == "none" else args.answer_prefix
+        samples = [s.with_chat_template(tokenizer, answer_prefix=prefix) for s in samples]
     return samples
 
 
@@ -104,7 +105,10 @@ def _detect(args: argparse.Namespace) -> int:
             print(f"the report shows no attention view: {error}")
     _detect_report(out, args.model, scores, outcomes, attention)
     if scores.n_counted == 0:
-        print("no sample was answered, so no head has a score; try shorter contexts or another task")
+        print(
+            "no sample was answered, so no head has a score; try shorter contexts, another task, "
+            "--mode generation, or an --answer-prefix that makes the gold answer the model's next words"
+        )
         return 1
     print(f"top {args.top} heads:")
     for (layer, head), score in scores.top(args.top):
@@ -256,6 +260,14 @@ def _add_task(parser: argparse.ArgumentParser, *, lengths: Sequence[int] = (500,
     )
     group.add_argument("--seed", type=int, default=0, help="seed of the task builder (default: %(default)s)")
     group.add_argument("--no-chat", dest="chat", action="store_false", help="do not wrap prompts in the chat template")
+    group.add_argument(
+        "--answer-prefix",
+        default="auto",
+        metavar="auto|none|TEXT",
+        help="chat prompts: how the assistant's turn starts. auto (default): each sample's lead-in, the needle "
+        "sentence up to the answer, so the gold answer is the next token as teacher-forced scores need; "
+        "none: nothing; any other TEXT: that text",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

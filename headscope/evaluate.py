@@ -48,7 +48,10 @@ def retrieval_success(model: Any, sample: Sample, *, threshold: float = 0.5, max
 def answer_accuracy(model: Any, sample: Sample) -> float:
     """Fraction of the gold answer's tokens that the model's argmax reproduces under teacher forcing.
 
-    One forward pass over prompt + answer; cheap enough for sweeps.
+    One forward pass over prompt + answer; cheap enough for sweeps. The gold answer must be what
+    the model says next: chat-templated builder samples end with their lead-in ("The favorite
+    spice of X is", see :meth:`~headscope.tasks.Sample.with_chat_template`); give your own
+    samples a ``lead_in``, or score by generation (:func:`retrieval_success`).
 
     >>> from headscope import load_model
     >>> 0.0 <= answer_accuracy(load_model("tiny-llama"), Sample("The key is", " blue")) <= 1.0

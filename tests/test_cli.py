@@ -104,3 +104,16 @@ def test_patch_compares_shared_complement_and_random_heads(tmp_path, capsys):
     assert frame.loc["shared", "n_heads"] == 2 and frame.loc["complement", "n_heads"] == 6
     assert frame.loc["source", "recovered"] == 1.0 and frame.loc["target", "recovered"] == 0.0
     assert (out / "patching.json").is_file() and (out / "report.html").is_file()
+
+
+@pytest.mark.smollm2
+def test_detect_with_its_defaults_counts_chat_needle_samples_on_smollm2(smollm2, tmp_path, capsys):
+    """Teacher-forced detection on chat prompts: the samples' lead-ins make the gold answer the next token."""
+    task = ["--lengths", "300", "--depths", "20", "80", "--n-samples", "1"]
+    assert main(["detect", *task, "--out", str(tmp_path / "auto")]) == 0
+    printed = capsys.readouterr().out
+    scores = RetrievalScores.load(tmp_path / "auto" / "scores.json")
+    assert scores.mode == "teacher_forced" and scores.n_counted > 0, printed
+    assert scores.top(1)[0][1] > 0.1, printed
+    assert main(["detect", *task, "--answer-prefix", "none", "--out", str(tmp_path / "none")]) == 1
+    assert "samples counted (answered correctly): 0 of 2" in capsys.readouterr().out

@@ -43,7 +43,8 @@ def citation(
 
     Spans: ``"doc"``, ``"gold_doc"`` (documents holding an insight), ``"needle"`` and
     ``"answer"`` (every inserted insight sentence). ``meta["insights"]`` lists each insight with
-    its 1-based document ids.
+    its 1-based document ids. The samples have no ``lead_in``: the answer is the whole summary,
+    which starts the assistant's turn.
 
     >>> s = citation(n_docs=6, n_insights=2, needle="templated", haystack="templated", seed=3)[0]
     >>> s.answer.strip().startswith("- "), len(s.meta["insights"])

@@ -128,6 +128,11 @@ class Fact:
     def value_end(self) -> int:
         return self.value_start + len(self.value)
 
+    @property
+    def lead_in(self) -> str:
+        """The sentence up to its value, as an answer would start: ``"The hometown of X is"``."""
+        return self.sentence[: self.value_start].rstrip()
+
 
 def _fill(sentence: str, question: str, subject: str, value: str) -> Fact:
     head, _, tail = sentence.partition("{v}")
@@ -182,14 +187,19 @@ def make_facts(
     return facts
 
 
-def bridge_fact(rng: random.Random, realism: str) -> tuple[Fact, Fact, str]:
-    """Two linked facts for a multi-hop question: ``a -> b`` then ``b -> value``; returns (hop1, hop2, question)."""
+def bridge_fact(rng: random.Random, realism: str) -> tuple[Fact, Fact, str, str]:
+    """Two linked facts for a multi-hop question: ``a -> b`` then ``b -> value``.
+
+    Returns (hop1, hop2, question, lead-in); the lead-in is hop2's sentence up to the value with
+    ``b`` described through ``a``, as in the question (``"The hometown of the mentor of A is"``),
+    so that it does not give the bridge entity away.
+    """
     used: set[str] = set()
     if realism == "symbolic":
         a, b, field, value = _key(rng), _key(rng), symbol(rng, 3), symbol(rng, 6)
         hop1 = _fill(f"{a}.link = {{v}}.", "", a, b)
         hop2 = _fill(f"{b}.{field} = {{v}}.", "", b, value)
-        return hop1, hop2, f"Let x be the value of {a}.link. What is the value of x.{field}?"
+        return hop1, hop2, f"Let x be the value of {a}.link. What is the value of x.{field}?", f"x.{field} ="
     a, b = _person(rng, used), _person(rng, used)
     if realism == "natural":
         link, description = rng.choice(_NATURAL_LINKS)
@@ -202,4 +212,5 @@ def bridge_fact(rng: random.Random, realism: str) -> tuple[Fact, Fact, str]:
     hop1 = _fill(link.replace("{b}", "{v}").replace("{a}", "{s}"), "", a, b)
     hop2 = _fill(sentence, question, b, rng.choice(pool))
     asked = question.format(s=description.format(a=a))
-    return hop1, hop2, asked[0].upper() + asked[1:]
+    lead_in = sentence.partition("{v}")[0].format(s=description.format(a=a)).rstrip()
+    return hop1, hop2, asked[0].upper() + asked[1:], lead_in[0].upper() + lead_in[1:]

@@ -22,6 +22,9 @@ from headscope.tasks._text import PromptWriter, rng_for
 __all__ = ["kv_retrieval"]
 
 KV_INSTRUCTION = "Extract the value corresponding to the specified key in the JSON object below."
+#: The prompt's last line, repeated as the answer's lead-in (SmolLM2 reproduces the value after it
+#: more often than after the ``"key":`` pair or ``The value of "key" is``).
+KV_CUE = "Corresponding value:"
 
 
 def _uuid(rng: random.Random) -> str:
@@ -70,7 +73,8 @@ def kv_retrieval(
     """``n_samples`` key-value retrieval samples over ``n_pairs`` JSON pairs.
 
     Spans: ``"doc"`` (each ``"key": "value"`` pair), ``"gold_doc"`` (the gold pair), ``"needle"``
-    and ``"answer"`` (the gold value inside its pair).
+    and ``"answer"`` (the gold value inside its pair). ``lead_in`` repeats the prompt's cue,
+    ``"Corresponding value:"``.
 
     >>> s = kv_retrieval(n_pairs=4, gold_position=1, seed=0)[0]
     >>> s.text("needle") == [s.answer.strip()], s.prompt.splitlines()[-1]
@@ -97,7 +101,7 @@ def kv_retrieval(
                 value_start = start + len(key_json) + 3
                 for label in (NEEDLE, ANSWER):
                     writer.mark(label, value_start, value_start + len(value_json) - 2)
-        writer.add(f"}}\n\nKey: {json.dumps(key, ensure_ascii=False)}\nCorresponding value:")
+        writer.add(f"}}\n\nKey: {json.dumps(key, ensure_ascii=False)}\n{KV_CUE}")
         meta = {
             "answers": [value],
             "key": key,
@@ -107,5 +111,5 @@ def kv_retrieval(
             "seed": seed,
             "index": i,
         }
-        samples.append(Sample(writer.text, " " + value, tuple(writer.spans), task="kv", meta=meta))
+        samples.append(Sample(writer.text, " " + value, tuple(writer.spans), task="kv", meta=meta, lead_in=KV_CUE))
     return samples

@@ -108,6 +108,7 @@ def mdqa(
                 needles=[(position, start + fact.value_start, start + fact.value_end)],
                 task="mdqa",
                 meta=meta,
+                lead_in=fact.lead_in,
             )
         )
     return samples

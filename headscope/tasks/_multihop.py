@@ -50,7 +50,7 @@ def multihop_qa(
     samples = []
     for i in range(n_samples):
         rng = rng_for(seed, "multihop", i)
-        hop1, hop2, question = bridge_fact(rng, needle)
+        hop1, hop2, question, lead_in = bridge_fact(rng, needle)
         stream = document_stream(
             rng_for(seed, "multihop-docs", i),
             haystack,
@@ -93,6 +93,7 @@ def multihop_qa(
                 ],
                 task="multihop",
                 meta=meta,
+                lead_in=lead_in,
             )
         )
     return samples

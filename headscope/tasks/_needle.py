@@ -144,7 +144,9 @@ def needle_sample(
 
     ``depth`` is a percentage (0 = start, 100 = end). ``index`` picks the sample within a seed.
     Spans: ``"needle"`` is the answer inside the needle sentence, ``"answer"`` every occurrence
-    of the answer in the context, ``"distractor"`` the values of the other needles.
+    of the answer in the context, ``"distractor"`` the values of the other needles. ``lead_in`` is
+    the needle sentence up to the answer, which :meth:`Sample.with_chat_template` writes at the
+    start of the assistant's turn.
     ``n_ctx`` (a model's context window) raises :class:`~headscope.ContextLengthError` when the
     whole prompt, BOS included, would not fit.
 
@@ -199,7 +201,7 @@ def needle_sample(
         "seed": seed,
         "index": index,
     }
-    return Sample(prompt, " " + target.value, tuple(spans), task="needle", meta=meta)
+    return Sample(prompt, " " + target.value, tuple(spans), task="needle", meta=meta, lead_in=target.lead_in)
 
 
 def needle_grid(

@@ -31,14 +31,15 @@ def documents_sample(
     instruction: str = MDQA_INSTRUCTION,
     task: str,
     meta: dict[str, Any],
+    lead_in: str = "",
 ) -> Sample:
     """Render ``docs`` as ``Document [i](Title: ...) text`` lines, then the question and ``Answer:``.
 
     ``gold`` indexes the gold documents; every whole-word occurrence of any of ``answers`` in
     them (title or text) becomes an ``"answer"`` span. ``needles`` are ``(doc, start, end)``
     character ranges of a document's text, labelled ``"needle"``; ``extra`` are
-    ``(label, doc, start, end)`` ranges likewise. :class:`SpanError` if no answer occurs in a
-    gold document.
+    ``(label, doc, start, end)`` ranges likewise; ``lead_in`` is the sample's answer lead-in.
+    :class:`SpanError` if no answer occurs in a gold document.
     """
     writer = PromptWriter()
     writer.add(instruction + "\n\n")
@@ -67,4 +68,4 @@ def documents_sample(
             f"for question {question!r}"
         )
     spans = sorted(set(writer.spans), key=lambda s: (s.start, s.end, s.label))
-    return Sample(writer.text, answer, tuple(spans), task=task, meta=meta)
+    return Sample(writer.text, answer, tuple(spans), task=task, meta=meta, lead_in=lead_in)

@@ -61,7 +61,14 @@ class Sample:
     for every document). ``bos`` says whether a BOS token goes before the prompt (chat templates
     bring their own special tokens).
 
-    >>> s = Sample(prompt="The key is 4712. What is the key? Answer:", answer=" 4712", spans=(Span("needle", 11, 15),))
+    ``lead_in`` is how the assistant's reply starts before the answer, so that ``lead_in + answer``
+    reads as one sentence: the needle sentence up to its value (``"The favorite spice of X is"``
+    before ``" saffron"``). :meth:`with_chat_template` writes it at the start of the assistant's
+    turn, which makes the gold answer the very next tokens, as teacher-forced scores need. The
+    builders set it; for your own samples pass ``lead_in=`` or ``dataclasses.replace(s, lead_in=...)``.
+    It should end where the answer's leading space begins (no trailing space).
+
+    >>> s = Sample(prompt="The key is 4712. What is the key?", answer=" 4712", spans=(Span("needle", 11, 15),))
     >>> s.text("needle")
     ['4712']
     """
@@ -72,6 +79,7 @@ class Sample:
     task: str = "custom"
     bos: bool = True
     meta: dict[str, Any] = field(default_factory=dict)
+    lead_in: str = ""
 
     def __post_init__(self) -> None:
         bad = [s for s in self.spans if not (0 <= s.start < s.end <= len(self.prompt))]
@@ -112,14 +120,29 @@ class Sample:
             aligned=aligned,
         )
 
-    def with_chat_template(self, tokenizer: Any, system: str | None = None, answer_prefix: str = "") -> Sample:
+    def with_chat_template(
+        self, tokenizer: Any, system: str | None = None, answer_prefix: str | None = "auto"
+    ) -> Sample:
         """The same sample with ``prompt`` wrapped in the tokenizer's chat template (spans shifted).
 
         ``answer_prefix`` is written at the start of the assistant's turn, after the generation
-        prompt. Chat models tend to restate the question before the answer ("The native language
-        of X is Welsh."); a prefix such as ``"The native language of X is"`` makes the gold answer
-        the very next tokens, which teacher-forced detection and patching at the answer position need.
+        prompt: ``"auto"`` (default) writes the sample's :attr:`lead_in`, ``""`` or ``None`` writes
+        nothing, any other text is written instead. Chat models tend to restate the question before
+        the answer ("The native language of X is Welsh."); with the lead-in in the prompt the gold
+        answer is the very next tokens, which teacher-forced detection, :func:`~headscope.answer_accuracy`
+        and patching at the answer position need. The returned sample's ``lead_in`` is ``""`` (it
+        is now part of the prompt).
+
+        >>> from headscope.models import tiny_tokenizer
+        >>> tok = tiny_tokenizer()
+        >>> tok.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\\n{% endfor %}<assistant>"
+        >>> s = Sample("The key is 4712. What is the key?", " 4712", lead_in="The key is")
+        >>> s.with_chat_template(tok).prompt
+        '<user>The key is 4712. What is the key?\\n<assistant>The key is'
+        >>> s.with_chat_template(tok, answer_prefix=None).prompt
+        '<user>The key is 4712. What is the key?\\n<assistant>'
         """
+        prefix = self.lead_in if answer_prefix == "auto" else answer_prefix or ""
         messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": self.prompt}
         ]
@@ -128,7 +151,7 @@ class Sample:
         if offset < 0:
             raise SpanError("the chat template changed the prompt text; spans cannot be carried over")
         spans = tuple(Span(s.label, s.start + offset, s.end + offset) for s in self.spans)
-        return replace(self, prompt=rendered + answer_prefix, spans=spans, bos=False)
+        return replace(self, prompt=rendered + prefix, spans=spans, bos=False, lead_in="")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
