@@ -119,9 +119,21 @@ def _knockout(args: argparse.Namespace) -> int:
 
     model = _load_model(args.model, args.kind, args.weights)
     samples = _samples(args, model)
-    ranking = [head for head, _ in RetrievalScores.load(args.scores).top(max(args.ks))]
+    ranking = [head for head, _ in RetrievalScores.load(args.scores).above(0.0)]
+    ks = [k for k in args.ks if k <= len(ranking)]
+    if not ks:
+        raise HeadscopeError(
+            f"{args.scores} has {len(ranking)} heads with a positive score, fewer than every k in --ks {args.ks}; "
+            "zero-score heads are never ranked: give smaller --ks or detect on more samples"
+        )
+    if len(ks) < len(args.ks):
+        print(
+            f"warning: only {len(ranking)} heads have a positive score; skipping k = "
+            f"{', '.join(str(k) for k in args.ks if k > len(ranking))}",
+            file=sys.stderr,
+        )
     score_fn = answer_accuracy if args.metric == "teacher_forced" else retrieval_success
-    curve = knockout_curve(model, samples, ranking, score_fn, ks=args.ks, mode=args.mode, seeds=args.seeds)
+    curve = knockout_curve(model, samples, ranking, score_fn, ks=ks, mode=args.mode, seeds=args.seeds)
     out = _out(args)
     curve.save(out / "knockout.json")
     frame = curve.to_frame()
@@ -139,9 +151,11 @@ def _patch(args: argparse.Namespace) -> int:
 
     source = _load_model(args.source, args.kind, args.source_weights)
     target = _load_model(args.target, args.kind, args.target_weights)
-    shared = set(head_set(RetrievalScores.load(args.source_scores).scores, top_k=args.top_k)) & set(
-        head_set(RetrievalScores.load(args.target_scores).scores, top_k=args.top_k)
-    )
+    sets = [
+        head_set(RetrievalScores.load(path).scores, top_k=args.top_k)
+        for path in (args.source_scores, args.target_scores)
+    ]
+    shared = set(sets[0]) & set(sets[1])
     samples = _samples(args, target)
     encoded = [s.encode(target.tokenizer) for s in samples]
     result = compare_patching(target, source, encoded, sorted(shared), n_random=args.n_random, seed=args.seed)
@@ -152,7 +166,10 @@ def _patch(args: argparse.Namespace) -> int:
     _report(
         out, "Patching shared heads from source into target", [("Metric by head set", result.plot()), ("Data", frame)]
     )
-    print(f"{len(shared)} shared heads among the top {args.top_k} of each model")
+    print(
+        f"{len(shared)} shared heads among the top {args.top_k} of each model "
+        f"(source set: {len(sets[0])} heads, target set: {len(sets[1])}; only heads scoring above 0 count)"
+    )
     print(frame.to_string(index=False))
     print(f"wrote {out}/patching.json, patching.csv, report.html")
     return 0
@@ -171,6 +188,8 @@ def _compare(args: argparse.Namespace) -> int:
         "reference": args.reference,
         "candidate": args.candidate,
         "cut": cut,
+        "n_reference": len(ref_set),
+        "n_candidate": len(cand_set),
         "recall": recall(ref_set, cand_set),
         "jaccard": jaccard(ref_set, cand_set),
         "spearman": ranks.spearman,
@@ -194,6 +213,7 @@ def _compare(args: argparse.Namespace) -> int:
     _report(out, "Head-set comparison", [("Scores of every head", figure), ("Summary", pd.DataFrame([summary]))])
     for key in ("recall", "jaccard", "spearman", "top_k_overlap"):
         print(f"{key}: {summary[key]:.3f}")
+    print(f"head sets: {len(ref_set)} reference heads, {len(cand_set)} candidate heads (only heads scoring above 0)")
     print(f"shared heads: {', '.join(summary['shared_heads']) or 'none'}")
     print(f"wrote {out}/comparison.json, comparison.csv, report.html")
     return 0

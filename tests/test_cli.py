@@ -104,3 +104,15 @@ def test_patch_compares_shared_complement_and_random_heads(tmp_path, capsys):
     assert frame.loc["shared", "n_heads"] == 2 and frame.loc["complement", "n_heads"] == 6
     assert frame.loc["source", "recovered"] == 1.0 and frame.loc["target", "recovered"] == 0.0
     assert (out / "patching.json").is_file() and (out / "report.html").is_file()
+
+
+def test_compare_sets_hold_only_positive_heads(tmp_path, capsys):
+    """Issue 11's example: the maps share no positive head, so nothing is shared (was 2 of 3 zero-score heads)."""
+    a = _scores(tmp_path / "a.json", [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.7]])
+    b = _scores(tmp_path / "b.json", [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.6, 0.0]])
+    with pytest.warns(UserWarning, match="the head set has 1 heads"):
+        assert main(["compare", str(a), str(b), "--top-k", "3", "--out", str(tmp_path / "o")]) == 0
+    summary = json.loads((tmp_path / "o" / "comparison.json").read_text())
+    assert summary["shared_heads"] == [] and summary["top_k_overlap"] == 0.0 and summary["jaccard"] == 0.0
+    assert summary["n_reference"] == 1 and summary["n_candidate"] == 1
+    assert "shared heads: none" in capsys.readouterr().out

@@ -345,3 +345,14 @@ def test_knockout_removes_hooks_when_block_raises(tiny_llama):
     with torch.no_grad():
         again = tiny_llama(TOKENS)
     assert torch.isfinite(again).all()
+
+
+def test_every_head_form_names_the_same_knockout():
+    import numpy as np
+
+    model = hs.load_model("tiny-llama")
+    forms = [[(1, 0), (0, 2)], ["L1H0", "L0H2"], ["1-0", [0, 2]], [np.array([1, 0]), (torch.tensor(0), np.int64(2))]]
+    specs = {Knockout(heads, "zero") for heads in forms}
+    assert specs == {Knockout(((0, 2), (1, 0)), "zero")}
+    means = {mean_knockout(model, heads, [TOKENS[0]]) for heads in forms}
+    assert len(means) == 1

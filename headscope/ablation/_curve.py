@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from headscope.ablation._means import head_means
 from headscope.ablation._spec import Knockout, Route
 from headscope.errors import HeadIndexError
-from headscope.heads import Head, parse_head, random_heads
+from headscope.heads import Head, random_heads
 from headscope.models import model_info
 from headscope.tasks import Sample
 
@@ -145,7 +145,7 @@ def knockout_curve(
     """
     info = model_info(model)
     samples = list(samples)
-    ranking_ = tuple(info.check_heads([parse_head(h) if isinstance(h, str) else h for h in ranking]))
+    ranking_ = tuple(info.check_heads(ranking))
     ks = tuple(int(k) for k in ks)
     if not samples:
         raise ValueError("knockout_curve needs at least one sample")

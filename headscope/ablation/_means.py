@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from headscope.ablation._inputs import Input, as_tokens
 from headscope.ablation._spec import Knockout
 from headscope.errors import HeadIndexError
-from headscope.heads import Head, parse_head
+from headscope.heads import Head
 from headscope.hooks import attn_hook, capture
 from headscope.models import model_info
 
@@ -62,10 +62,9 @@ def mean_knockout(
     >>> spec.mode, len(spec.means[0])
     ('mean', 16)
     """
-    pairs = [parse_head(h) if isinstance(h, str) else tuple(h) for h in heads]
+    pairs = model_info(model).check_heads(heads)
     if not pairs:
         raise HeadIndexError("mean_knockout needs at least one head")
-    pairs = model_info(model).check_heads(pairs)
     table = head_means(model, reference, layers=sorted({layer for layer, _ in pairs}))
     means = torch.stack([table[layer, head] for layer, head in pairs])
     return Knockout(tuple(pairs), "mean", queries=None if queries is None else tuple(queries), means=means)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from headscope.errors import HeadIndexError, ModelMismatchError, SpanError
-from headscope.heads import Head, parse_head
+from headscope.heads import Head, as_heads
 
 if TYPE_CHECKING:
     from headscope.models import ModelInfo
@@ -64,7 +64,7 @@ class Knockout:
     means: tuple[tuple[float, ...], ...] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        heads = [parse_head(h) if isinstance(h, str) else _pair(h) for h in self.heads]
+        heads = as_heads(self.heads)
         if len(set(heads)) != len(heads):
             dupes = sorted({h for h in heads if heads.count(h) > 1})
             raise HeadIndexError(f"each head may appear once in a knockout; repeated: {dupes}")
@@ -154,18 +154,6 @@ class Knockout:
     @classmethod
     def load(cls, path: str | Path) -> Knockout:
         return cls.from_dict(json.loads(Path(path).read_text()))
-
-
-def _pair(head: Any) -> Head:
-    try:
-        layer, index = head
-        if int(layer) != layer or int(index) != index or layer < 0 or index < 0:
-            raise ValueError
-    except (TypeError, ValueError):
-        raise HeadIndexError(
-            f"heads must be (layer, head) pairs of non-negative ints or 'L3H7' labels; got {head!r}"
-        ) from None
-    return int(layer), int(index)
 
 
 def _positions(values: Iterable[int], name: str) -> tuple[int, ...]:
