@@ -133,7 +133,17 @@ def _knockout(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     score_fn = answer_accuracy if args.metric == "teacher_forced" else retrieval_success
-    curve = knockout_curve(model, samples, ranking, score_fn, ks=ks, mode=args.mode, seeds=args.seeds)
+    curve = knockout_curve(
+        model,
+        samples,
+        ranking,
+        score_fn,
+        ks=ks,
+        mode=args.mode,
+        key_label=args.key_label if args.mode == "edge" else None,
+        seeds=args.seeds,
+        positions=args.positions,
+    )
     out = _out(args)
     curve.save(out / "knockout.json")
     frame = curve.to_frame()
@@ -282,6 +292,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the random-head baselines")
     p.add_argument("--mode", choices=("uniform", "zero", "edge", "mean"), default="uniform", help="knockout mode")
     p.add_argument("--metric", choices=("teacher_forced", "generation"), default="teacher_forced", help="task score")
+    p.add_argument(
+        "--key-label",
+        default="needle",
+        help="edge mode: the span the knocked-out heads cannot attend to (needle, or answer for QA tasks) "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--positions",
+        choices=("answer", "all"),
+        default="answer",
+        help="query rows knocked out: 'answer' = from the last prompt token on, the rows that produce the answer "
+        "(Wu et al.; the prompt is read intact), 'all' = every position (default: %(default)s)",
+    )
 
     p = command("patch", _patch, "patch the heads two models share from a source model into a target model")
     p.add_argument("--source", required=True, help="model whose activations are patched in (name or folder)")
@@ -306,8 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (HeadscopeError, FileNotFoundError, json.JSONDecodeError) as error:
-        print(f"headscope: error: {error}", file=sys.stderr)
+    except (HeadscopeError, ValueError, FileNotFoundError) as error:  # json.JSONDecodeError is a ValueError
+        print(f"headscope: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
 
 

@@ -7,6 +7,7 @@ on the ``z`` route must also see the model's own mask: padding and GPT-Neo's loc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -132,3 +133,17 @@ def test_gpt_neo_cached_decoding_under_a_knockout_equals_full_forwards_or_raises
     with torch.no_grad(), spec.applied(model):
         full = model(torch.tensor([PROMPT + tokens]))[0, len(PROMPT) - 1 :]
     torch.testing.assert_close(cached, full, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["edge", "uniform", "zero", "mean"])
+def test_answer_row_knockout_under_a_cache_equals_full_forwards(tiny_llama, mode):
+    """positions='answer' in generation: the last prompt row and every generated row, with the prompt read intact."""
+    spec = dataclasses.replace(_spec(tiny_llama, mode), queries=tuple(range(len(PROMPT) - 1, 2048)))
+    tokens, cached = _cached_logits(tiny_llama, spec, "auto", 4)
+    with torch.no_grad():
+        with spec.applied(tiny_llama):
+            full = tiny_llama(torch.tensor([PROMPT + tokens]))
+        plain = tiny_llama(torch.tensor([PROMPT + tokens]))
+    torch.testing.assert_close(cached, full[0, len(PROMPT) - 1 :], atol=1e-4, rtol=1e-4)
+    assert torch.equal(full[0, : len(PROMPT) - 1], plain[0, : len(PROMPT) - 1])
+    assert (full[0, len(PROMPT) - 1 :] - plain[0, len(PROMPT) - 1 :]).abs().max() > 1e-3

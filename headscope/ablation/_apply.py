@@ -171,6 +171,7 @@ class _LayerKnockout:
     ) -> None:
         self.model, self.layer, self.spec = model, layer, spec
         self.heads = torch.tensor(heads)
+        self.queries = None if spec.queries is None else torch.tensor(spec.queries, dtype=torch.long)
         self.use_scores, self.scale, self.means = use_scores, scale, means
         self.group = model_info(model).kv_group
         self.acts: dict[str, Tensor] = {}
@@ -213,10 +214,10 @@ class _LayerKnockout:
         return record
 
     def rows(self, n_query: int, offset: int, device: torch.device) -> Tensor:
-        if self.spec.queries is None:
+        if self.queries is None:
             return torch.arange(n_query, device=device)
-        rel = [p - offset for p in self.spec.queries if offset <= p < offset + n_query]
-        return torch.tensor(rel, dtype=torch.long, device=device)
+        inside = self.queries[(self.queries >= offset) & (self.queries < offset + n_query)]
+        return (inside - offset).to(device)
 
     def blocked(self, n_key: int, device: torch.device) -> Tensor:
         keys = self.spec.keys or ()

@@ -137,6 +137,7 @@ def _knockout(
         answer_correct,
         ks=ks,
         seeds=config.knockout_seeds,
+        positions=config.knockout_positions,  # type: ignore[arg-type]
         progress=False,
     )
     return curve, notes
