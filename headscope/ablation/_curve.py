@@ -134,6 +134,7 @@ def knockout_curve(
     exclude_top: int | None = None,
     route: Route = "auto",
     positions: Positions = "answer",
+    mean_exclude: Sequence[str] = (),
     progress: bool = True,
 ) -> KnockoutCurve:
     """Score ``samples`` with the top ``k`` heads of ``ranking`` knocked out, and with ``k`` random heads.
@@ -143,7 +144,9 @@ def knockout_curve(
     mean over samples. Random heads are drawn with :func:`~headscope.heads.random_heads` outside
     ``ranking[:exclude_top]`` (default: ``max(ks)``), one draw per seed and ``k``. ``mode="edge"``
     needs ``key_label`` (e.g. ``"needle"``), resolved per sample; ``mode="mean"`` takes its means
-    from the samples themselves.
+    from the samples themselves, over every position unless ``mean_exclude`` leaves some out
+    (``("bos", "needle")``: the attention-sink position and the needle; see
+    :func:`~headscope.ablation.head_means`).
 
     ``positions`` picks the query rows the heads are knocked out at:
 
@@ -191,7 +194,7 @@ def knockout_curve(
     random_sets = tuple(
         tuple(tuple(random_heads(info, k, exclude=ranking_[:exclude], seed=seed)) for k in ks) for seed in seeds
     )
-    means = head_means(model, samples) if mode == "mean" else None
+    means = head_means(model, samples, exclude=mean_exclude) if mode == "mean" else None
     bar = tqdm(total=len(samples) * (1 + len(ks) * (1 + len(seeds))), desc="knockout curve", disable=not progress)
 
     def score(heads: Sequence[Head]) -> list[float]:
