@@ -36,8 +36,9 @@ class Knockout:
       rest of each row is renormalised, exactly as if those keys were masked before the softmax.
       A query row whose every visible key is blocked attends to nothing: that head's output at that
       query is zero (not NaN, and not a fallback to BOS).
-    - ``"uniform"``: the head attends uniformly over its causal prefix (pre-softmax scores set to a
-      constant), so it can no longer pick out any position.
+    - ``"uniform"``: the head attends uniformly over the keys it can see (its causal prefix, less
+      padding and outside a local window; pre-softmax scores set to a constant), so it can no
+      longer pick out any position.
     - ``"zero"``: the head's output ``hook_z`` is set to zero at ``queries``.
     - ``"mean"``: ``hook_z`` is set to ``means[i]`` for ``heads[i]``, the mean of the head's
       ``hook_z`` over every position of reference inputs (see :func:`mean_knockout`).
