@@ -156,9 +156,31 @@ def _knockout(args: argparse.Namespace) -> int:
 
     model = _load_model(args.model, args.kind, args.weights)
     samples = _samples(args, model)
-    ranking = [head for head, _ in RetrievalScores.load(args.scores).top(max(args.ks))]
+    ranking = [head for head, _ in RetrievalScores.load(args.scores).above(0.0)]
+    ks = [k for k in args.ks if k <= len(ranking)]
+    if not ks:
+        raise HeadscopeError(
+            f"{args.scores} has {len(ranking)} heads with a positive score, fewer than every k in --ks {args.ks}; "
+            "zero-score heads are never ranked: give smaller --ks or detect on more samples"
+        )
+    if len(ks) < len(args.ks):
+        print(
+            f"warning: only {len(ranking)} heads have a positive score; skipping k = "
+            f"{', '.join(str(k) for k in args.ks if k > len(ranking))}",
+            file=sys.stderr,
+        )
     score_fn = answer_accuracy if args.metric == "teacher_forced" else retrieval_success
-    curve = knockout_curve(model, samples, ranking, score_fn, ks=args.ks, mode=args.mode, seeds=args.seeds)
+    curve = knockout_curve(
+        model,
+        samples,
+        ranking,
+        score_fn,
+        ks=ks,
+        mode=args.mode,
+        key_label=args.key_label if args.mode == "edge" else None,
+        seeds=args.seeds,
+        positions=args.positions,
+    )
     out = _out(args)
     curve.save(out / "knockout.json")
     frame = curve.to_frame()
@@ -176,9 +198,11 @@ def _patch(args: argparse.Namespace) -> int:
 
     source = _load_model(args.source, args.kind, args.source_weights)
     target = _load_model(args.target, args.kind, args.target_weights)
-    shared = set(head_set(RetrievalScores.load(args.source_scores).scores, top_k=args.top_k)) & set(
-        head_set(RetrievalScores.load(args.target_scores).scores, top_k=args.top_k)
-    )
+    sets = [
+        head_set(RetrievalScores.load(path).scores, top_k=args.top_k)
+        for path in (args.source_scores, args.target_scores)
+    ]
+    shared = set(sets[0]) & set(sets[1])
     samples = _samples(args, target)
     encoded = [s.encode(target.tokenizer) for s in samples]
     result = compare_patching(target, source, encoded, sorted(shared), n_random=args.n_random, seed=args.seed)
@@ -189,7 +213,10 @@ def _patch(args: argparse.Namespace) -> int:
     _report(
         out, "Patching shared heads from source into target", [("Metric by head set", result.plot()), ("Data", frame)]
     )
-    print(f"{len(shared)} shared heads among the top {args.top_k} of each model")
+    print(
+        f"{len(shared)} shared heads among the top {args.top_k} of each model "
+        f"(source set: {len(sets[0])} heads, target set: {len(sets[1])}; only heads scoring above 0 count)"
+    )
     print(frame.to_string(index=False))
     print(f"wrote {out}/patching.json, patching.csv, report.html")
     return 0
@@ -208,6 +235,8 @@ def _compare(args: argparse.Namespace) -> int:
         "reference": args.reference,
         "candidate": args.candidate,
         "cut": cut,
+        "n_reference": len(ref_set),
+        "n_candidate": len(cand_set),
         "recall": recall(ref_set, cand_set),
         "jaccard": jaccard(ref_set, cand_set),
         "spearman": ranks.spearman,
@@ -231,6 +260,7 @@ def _compare(args: argparse.Namespace) -> int:
     _report(out, "Head-set comparison", [("Scores of every head", figure), ("Summary", pd.DataFrame([summary]))])
     for key in ("recall", "jaccard", "spearman", "top_k_overlap"):
         print(f"{key}: {summary[key]:.3f}")
+    print(f"head sets: {len(ref_set)} reference heads, {len(cand_set)} candidate heads (only heads scoring above 0)")
     print(f"shared heads: {', '.join(summary['shared_heads']) or 'none'}")
     print(f"wrote {out}/comparison.json, comparison.csv, report.html")
     return 0
@@ -307,6 +337,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the random-head baselines")
     p.add_argument("--mode", choices=("uniform", "zero", "edge", "mean"), default="uniform", help="knockout mode")
     p.add_argument("--metric", choices=("teacher_forced", "generation"), default="teacher_forced", help="task score")
+    p.add_argument(
+        "--key-label",
+        default="needle",
+        help="edge mode: the span the knocked-out heads cannot attend to (needle, or answer for QA tasks) "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--positions",
+        choices=("answer", "all"),
+        default="answer",
+        help="query rows knocked out: 'answer' = from the last prompt token on, the rows that produce the answer "
+        "(Wu et al.; the prompt is read intact), 'all' = every position (default: %(default)s)",
+    )
 
     p = command("patch", _patch, "patch the heads two models share from a source model into a target model")
     p.add_argument("--source", required=True, help="model whose activations are patched in (name or folder)")
@@ -331,8 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (HeadscopeError, FileNotFoundError, json.JSONDecodeError) as error:
-        print(f"headscope: error: {error}", file=sys.stderr)
+    except (HeadscopeError, ValueError, FileNotFoundError) as error:  # json.JSONDecodeError is a ValueError
+        print(f"headscope: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
 
 

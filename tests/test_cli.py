@@ -117,3 +117,60 @@ def test_detect_with_its_defaults_counts_chat_needle_samples_on_smollm2(smollm2,
     assert scores.top(1)[0][1] > 0.1, printed
     assert main(["detect", *task, "--answer-prefix", "none", "--out", str(tmp_path / "none")]) == 1
     assert "samples counted (answered correctly): 0 of 2" in capsys.readouterr().out
+
+
+def test_compare_sets_hold_only_positive_heads(tmp_path, capsys):
+    """Issue 11's example: the maps share no positive head, so nothing is shared (was 2 of 3 zero-score heads)."""
+    a = _scores(tmp_path / "a.json", [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.7]])
+    b = _scores(tmp_path / "b.json", [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.6, 0.0]])
+    with pytest.warns(UserWarning, match="the head set has 1 heads"):
+        assert main(["compare", str(a), str(b), "--top-k", "3", "--out", str(tmp_path / "o")]) == 0
+    summary = json.loads((tmp_path / "o" / "comparison.json").read_text())
+    assert summary["shared_heads"] == [] and summary["top_k_overlap"] == 0.0 and summary["jaccard"] == 0.0
+    assert summary["n_reference"] == 1 and summary["n_candidate"] == 1
+    assert "shared heads: none" in capsys.readouterr().out
+
+
+def test_knockout_options_default_to_answer_positions():
+    args = build_parser().parse_args(["knockout", "--scores", "s.json"])
+    assert args.positions == "answer" and args.key_label == "needle"
+    args = build_parser().parse_args(["knockout", "--scores", "s.json", "--positions", "all", "--mode", "edge"])
+    assert args.positions == "all" and args.mode == "edge"
+
+
+def _tiny_scores(tmp_path):
+    return _scores(tmp_path / "s.json", [[0.9, 0.0, 0.5, 0.0], [0.0, 0.7, 0.0, 0.2]])
+
+
+TINY_TASK = ["--no-chat", "--needle", "symbolic", "--haystack", "symbolic", "--lengths", "80", "--depths", "50",
+             "--n-samples", "1"]  # fmt: skip
+
+
+def test_edge_knockout_runs_from_the_command_line(tmp_path, capsys):
+    """`--mode edge` was an allowed choice with no --key-label: it died with a ValueError traceback."""
+    from headscope.models import tiny_folder
+
+    model = str(tiny_folder("llama"))
+    out = tmp_path / "ko"
+    args = ["knockout", "--model", model, *TINY_TASK, "--scores", str(_tiny_scores(tmp_path)), "--ks", "1", "6"]
+    with pytest.warns(UserWarning, match="score is 0 on every sample"):  # a random model answers nothing
+        assert main([*args, "--seeds", "0", "--mode", "edge", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "only 4 heads have a positive score; skipping k = 6" in captured.err
+    frame = pd.read_csv(out / "knockout.csv")
+    assert set(frame["k"]) == {0, 1}
+    assert json.loads((out / "knockout.json").read_text())["positions"] == "answer"
+    assert main([*args, "--mode", "edge", "--key-label", "nowhere", "--out", str(out)]) == 2
+    last = capsys.readouterr().err.split("\n")[-2]  # after the progress bars: the error, on one line
+    assert last == "headscope: error: sample has no 'nowhere' span; it has ['answer', 'needle']"
+
+
+def test_every_error_is_one_line_with_exit_code_2(monkeypatch, capsys):
+    import headscope.cli as cli
+
+    def fail(args):
+        raise ValueError("first line\n  second line")
+
+    monkeypatch.setattr(cli, "_compare", fail)
+    assert main(["compare", "a.json", "b.json"]) == 2
+    assert capsys.readouterr().err == "headscope: error: first line second line\n"

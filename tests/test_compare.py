@@ -52,8 +52,42 @@ def test_head_set_top_k_and_threshold_match_a_sort_by_hand():
 def test_head_set_skips_nan_heads_and_breaks_ties_by_position():
     grid = np.array([[0.5, np.nan], [0.5, 0.7]])
     assert head_set(grid, top_k=3) == [(1, 1), (0, 0), (1, 0)]
-    with pytest.raises(HeadIndexError, match="only 3 heads have a score"):
-        head_set(grid, top_k=4)
+    with pytest.warns(UserWarning, match="only 3 heads score above 0, fewer than top_k=4: the head set has 3"):
+        assert head_set(grid, top_k=4) == [(1, 1), (0, 0), (1, 0)]
+
+
+def test_head_set_never_fills_up_with_zero_or_below_threshold_heads():
+    grid = np.zeros((4, 6))
+    grid[2, 5], grid[3, 1], grid[1, 1] = 0.4, 0.2, 0.05
+    with pytest.warns(UserWarning, match="only 3 heads score above 0"):
+        assert head_set(grid, top_k=10) == [(2, 5), (3, 1), (1, 1)]
+    with pytest.warns(UserWarning, match="only 2 heads score above 0.1, fewer than top_k=5"):
+        assert head_set(grid, top_k=5, threshold=0.1) == [(2, 5), (3, 1)]
+
+
+def test_maps_that_share_no_positive_head_share_no_top_k_head():
+    """The issue's example: zero-score heads in layer order used to give an overlap of 2/3."""
+    a, b = np.zeros((2, 4)), np.zeros((2, 4))
+    a[1, 3], b[1, 2] = 0.7, 0.6
+    with pytest.warns(UserWarning, match="the head set has 1 heads"):
+        agreement = rank_correlation(a, b, top_k=3)
+    assert agreement.overlap == 0.0 and agreement.sizes == (1, 1)
+    assert agreement.top_a == ((1, 3),) and agreement.top_b == ((1, 2),)
+    with pytest.warns(UserWarning):
+        set_a, set_b = head_set(a, top_k=3), head_set(b, top_k=3)
+    assert recall(set_a, set_b) == 0.0 and jaccard(set_a, set_b) == 0.0
+    b[1, 3] = 0.1  # now one head is shared; the overlap divides by the larger set
+    with pytest.warns(UserWarning):
+        assert rank_correlation(a, b, top_k=3).overlap == pytest.approx(1 / 2)
+
+
+def test_every_head_form_is_read_alike():
+    forms = [(1, 0), [1, 0], "L1H0", "1-0", np.array([1, 0]), torch.tensor([1, 0]), (np.int64(1), np.int32(0))]
+    assert recall([(1, 0)], forms) == 1.0 and jaccard(forms, ["L1H0"]) == 1.0
+    with pytest.raises(HeadIndexError, match="non-negative"):
+        recall(["L-1H0"], [(1, 0)])
+    with pytest.raises(HeadIndexError, match=r"pairs of ints.*got \(1\.5, 0\)"):
+        recall([(1.5, 0)], [(1, 0)])
 
 
 def test_head_set_rejects_missing_criteria_and_bad_grids():

@@ -345,3 +345,36 @@ def test_knockout_removes_hooks_when_block_raises(tiny_llama):
     with torch.no_grad():
         again = tiny_llama(TOKENS)
     assert torch.isfinite(again).all()
+
+
+def test_every_head_form_names_the_same_knockout():
+    import numpy as np
+
+    model = hs.load_model("tiny-llama")
+    forms = [[(1, 0), (0, 2)], ["L1H0", "L0H2"], ["1-0", [0, 2]], [np.array([1, 0]), (torch.tensor(0), np.int64(2))]]
+    specs = {Knockout(heads, "zero") for heads in forms}
+    assert specs == {Knockout(((0, 2), (1, 0)), "zero")}
+    means = {mean_knockout(model, heads, [TOKENS[0]]) for heads in forms}
+    assert len(means) == 1
+
+
+def test_mean_ablation_can_leave_bos_and_the_needle_out_of_its_means(tiny_llama):
+    zs, samples = [], []
+    for code in ("4821", "97"):
+        prompt = f"The river was quiet. The secret code is {code}. What is the secret code?"
+        start = prompt.index(code)
+        samples.append(Sample(prompt, f" {code}", spans=(Span("needle", start, start + len(code)),)))
+        enc = samples[-1].encode(tiny_llama.tokenizer)
+        (n0, n1), z = enc.spans["needle"][0], attn_acts(tiny_llama, [1], enc.input_ids[None])[1][1, "z"][0]
+        zs.append(z[[p for p in range(1, len(z)) if not n0 <= p < n1]])
+    by_hand = torch.cat(zs).mean(0)
+    means = head_means(tiny_llama, samples, exclude=("bos", "needle"), layers=[1])
+    torch.testing.assert_close(means[1], by_hand, atol=1e-6, rtol=1e-6)
+    assert (means[1] - head_means(tiny_llama, samples, layers=[1])[1]).abs().max() > 1e-4
+    spec = mean_knockout(tiny_llama, ["L1H2"], samples, exclude=("bos", "needle"))
+    torch.testing.assert_close(torch.tensor(spec.means[0]), by_hand[2], atol=1e-6, rtol=1e-6)
+    other = torch.tensor([0, 5, 9, 2, 77])
+    z_other = attn_acts(tiny_llama, [1], other[None])[1][1, "z"][0]
+    torch.testing.assert_close(head_means(tiny_llama, [other], exclude="bos")[1], z_other[1:].mean(0))
+    with pytest.raises(SpanError, match="exclude='needle' names a span, but a reference input is Tensor"):
+        head_means(tiny_llama, [other], exclude=("needle",))

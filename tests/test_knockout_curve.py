@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -44,11 +46,18 @@ def curve(model, samples):
     return knockout_curve(model, samples, RANKING, answer_logprob, ks=[1, 2], seeds=[0, 1], progress=False)
 
 
+def answer_rows(model, sample: Sample) -> range:
+    """The rows that produce the answer: from the last prompt token to the end of the context."""
+    return range(len(sample.encode(model.tokenizer).input_ids) - 1, hs.model_info(model).n_ctx)
+
+
 def test_curve_points_equal_knockouts_run_by_hand(model, samples, curve):
+    assert curve.positions == "answer"
+
     def mean_score(heads):
         values = []
         for sample in samples:
-            with knockout(model, heads, "uniform"):
+            with knockout(model, heads, "uniform", queries=answer_rows(model, sample)):
                 values.append(answer_logprob(model, sample))
         return float(np.mean(values))
 
@@ -58,6 +67,40 @@ def test_curve_points_equal_knockouts_run_by_hand(model, samples, curve):
     assert curve.random_sets[1][1] == tuple(random_heads(info, 2, exclude=RANKING[:2], seed=1))
     assert curve.random[1][1] == pytest.approx(mean_score(curve.random_sets[1][1]), abs=1e-9)
     assert curve.top[0] != curve.baseline
+
+
+def test_curve_at_all_positions_equals_knockouts_of_every_row(model, samples):
+    curve = knockout_curve(model, samples, RANKING, answer_logprob, ks=[2], seeds=[0], positions="all", progress=False)
+    by_hand = []
+    for sample in samples:
+        with knockout(model, RANKING[:2], "uniform"):
+            by_hand.append(answer_logprob(model, sample))
+    assert curve.positions == "all" and curve.top[0] == pytest.approx(float(np.mean(by_hand)), abs=1e-9)
+
+
+@pytest.mark.parametrize(("mode", "route"), [("edge", "scores"), ("edge", "z"), ("uniform", "scores"),
+                                             ("uniform", "z"), ("zero", "auto"), ("mean", "auto")])  # fmt: skip
+def test_answer_positions_leave_every_row_before_the_last_prompt_row_bit_identical(tiny_llama, mode, route):
+    """Wu et al. prefill unmasked: only the rows that produce the answer see the knockout."""
+    sample = needle_sample("4821")
+    enc = sample.encode(tiny_llama.tokenizer)
+    tokens = torch.cat([enc.input_ids, enc.answer_ids])[None]
+    n_prompt = len(enc.input_ids)
+    runs = []
+
+    def record(model, sample):
+        with torch.no_grad():
+            runs.append(model(tokens)[0])
+        return 0.0
+
+    kwargs = dict(ks=[4], seeds=[0], mode=mode, route=route, key_label="needle", progress=False)
+    with pytest.warns(UserWarning):  # a score of 0 everywhere: the flat-baseline warning
+        knockout_curve(tiny_llama, [sample], RANKING, record, positions="answer", **kwargs)
+        knockout_curve(tiny_llama, [sample], RANKING, record, positions="all", **kwargs)
+    plain, top_answer, top_all = runs[0], runs[1], runs[4]  # each curve: intact, top k=4, random k=4
+    assert torch.equal(top_answer[: n_prompt - 1], plain[: n_prompt - 1])
+    assert (top_answer[n_prompt - 1 :] - plain[n_prompt - 1 :]).abs().max() > 1e-4
+    assert (top_all[: n_prompt - 1] - plain[: n_prompt - 1]).abs().max() > 1e-4
 
 
 def test_random_heads_are_drawn_outside_the_top_of_the_ranking(curve):
@@ -90,7 +133,8 @@ def test_edge_and_mean_curves_resolve_spans_and_means_per_run(model, samples):
     )
     by_hand = []
     for sample in samples:
-        with knockout(model, RANKING[:2], "edge", key_label="needle", sample=sample):
+        rows = answer_rows(model, sample)
+        with knockout(model, RANKING[:2], "edge", key_label="needle", sample=sample, queries=rows):
             by_hand.append(answer_logprob(model, sample))
     assert edge.top[0] == pytest.approx(float(np.mean(by_hand)), abs=1e-9)
     mean = knockout_curve(model, samples, RANKING, answer_logprob, ks=[1], seeds=[0], mode="mean", progress=False)
@@ -104,6 +148,7 @@ def test_edge_and_mean_curves_resolve_spans_and_means_per_run(model, samples):
         ({"ks": [0, 1]}, HeadIndexError, "head counts >= 1"),
         ({"ks": [1], "seeds": []}, ValueError, "at least one seed"),
         ({"ks": [1], "mode": "edge"}, ValueError, "needs key_label="),
+        ({"ks": [1], "positions": "prompt"}, ValueError, "positions must be 'answer' or 'all'; got 'prompt'"),
     ],
 )
 def test_curve_rejects_bad_settings(model, samples, kwargs, error, message):
@@ -114,3 +159,13 @@ def test_curve_rejects_bad_settings(model, samples, kwargs, error, message):
 def test_curve_rejects_a_ranking_with_heads_outside_the_model(model, samples):
     with pytest.raises(HeadIndexError, match=r"within a 2x4 model; got \(3, 0\)"):
         knockout_curve(model, samples, [(3, 0)], answer_logprob, ks=[1], progress=False)
+
+
+def test_a_baseline_of_zero_on_every_sample_warns_why(model, samples):
+    """Issue 16: a teacher-forced score that is 0 even with nothing knocked out gave a silent flat curve."""
+    with pytest.warns(UserWarning, match=r"score is 0 on every sample with no head knocked out.*answer prefix"):
+        curve = knockout_curve(model, samples, RANKING, lambda m, s: 0.0, ks=[1], seeds=[0], progress=False)
+    assert curve.baseline == 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        knockout_curve(model, samples, RANKING, lambda m, s: float(s is samples[0]), ks=[1], seeds=[0], progress=False)

@@ -383,3 +383,19 @@ def test_last_position_sweep_on_smollm2_matches_full_patching(smollm2, smollm2_t
     for head in [(20, 3), (29, 8)]:
         want = metric(patch_heads(smollm2, smollm2, corrupt, [head], positions=[-1], source_tokens=clean)).item()
         assert fast.values[head].item() == pytest.approx(want, abs=1e-4)
+
+
+def test_patching_reads_head_labels_like_every_other_function():
+    """``patched`` used to die with int('L') on "L1H0" while knockout accepted labels."""
+    import numpy as np
+
+    model = hs.load_model("tiny-llama")
+    clean, corrupt = torch.tensor([[0, 5, 9, 7, 3]]), torch.tensor([[0, 6, 9, 7, 3]])
+    acts = record_heads(model, clean)
+    with torch.no_grad():
+        with patched(model, acts, [(1, 0), (0, 2)]):
+            expected = model(corrupt)
+        for heads in (["L1H0", "L0H2"], ["1-0", (0, 2)], [np.array([1, 0]), torch.tensor([0, 2])]):
+            with patched(model, acts, heads):
+                assert torch.equal(model(corrupt), expected)
+            assert torch.equal(patch_heads(model, model, corrupt, heads, source_tokens=clean), expected)

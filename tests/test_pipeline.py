@@ -203,3 +203,21 @@ def test_named_base_is_loaded_as_is():
     x = torch.tensor([[0, 5, 9, 7]])
     with torch.no_grad():
         assert torch.equal(model(x), reference(x))
+
+
+def test_pipeline_knockout_ranks_only_heads_with_a_positive_score(monkeypatch):
+    """Zero-score heads used to fill the ranking in layer order; now the curve stops at the positive heads."""
+    from headscope.pipeline import _run
+    from headscope.retrieval import RetrievalScores
+
+    grid = torch.zeros(2, 4, dtype=torch.float64)
+    grid[1, 3], grid[0, 2] = 0.5, 0.25
+    scores = RetrievalScores(grid, 4, 4, "m", "teacher_forced")
+    seen = {}
+    monkeypatch.setattr(_run, "knockout_curve", lambda model, samples, ranking, fn, **kw: seen.update(kw, r=ranking))
+    config = dataclasses.replace(MICRO, knockout_ks=(1, 2, 4))
+    _, notes = _run._knockout(None, scores, [], config)
+    assert seen["r"] == [(1, 3), (0, 2)] and seen["ks"] == [1, 2]
+    assert notes and "only 2 heads have a positive retrieval score, so k in [4] was skipped" in notes[0]
+    curve, notes = _run._knockout(None, RetrievalScores(torch.zeros(2, 4), 4, 4, "m", "teacher_forced"), [], config)
+    assert curve is None and "only 0 heads" in notes[0]

@@ -5,7 +5,9 @@ really carries retrieval, knocking it out should break retrieval far more than k
 many random heads. :class:`Knockout` is the intervention as a value (which heads, which mode, which
 positions); ``with knockout(model, heads, mode=...)`` or ``with spec.applied(model)`` applies it to
 every forward pass in the block (prefill and generation). :func:`knockout_curve` sweeps the number
-of knocked-out top-ranked heads against random heads drawn outside the top of the ranking.
+of knocked-out top-ranked heads against random heads drawn outside the top of the ranking; by
+default it knocks heads out only at the rows that produce the answer (``positions="answer"``, Wu
+et al.'s decoding-only knockout), so the prompt is read intact.
 """
 
 from headscope.ablation._apply import knockout as knockout

@@ -11,8 +11,11 @@ Two routes for edge and uniform knockouts:
   attention inside Hugging Face code it fires after, so ``p_old`` is recomputed from
   ``hook_rot_q``/``hook_q`` and ``hook_rot_k``/``hook_k`` with the score scale found by a probe, and
   checked against ``hook_pattern`` when that fires (a mismatch, e.g. a local-attention window,
-  raises :class:`ModelError`). This route needs every key's value vector in each forward, so it does
-  not combine with a KV cache: generate with ``use_past_kv_cache=False`` (detected, not silent).
+  raises :class:`ModelError`). Uniform mode averages over the keys the model's own mask leaves
+  visible (read from ``hook_attn_scores`` when it fires before ``hook_z``; otherwise the causal
+  prefix, checked against ``hook_pattern``: padding or a local window there raises). This route
+  needs every key's value vector in each forward, so it does not combine with a KV cache: a cached
+  step raises :class:`ModelError` (decode with ``use_past_kv_cache=False``).
 
 Zero and mean knockouts always edit ``hook_z``, which is the input of ``W_O`` on every kind. Query
 positions are absolute: with a KV cache the scores hook sees ``[query=new tokens, key=all]`` and
@@ -40,7 +43,10 @@ from headscope.tasks import EncodedSample, Sample
 __all__ = ["apply_knockout", "knockout"]
 
 _PATTERN_ATOL = 1e-4
-_CACHE_HINT = "generate with use_past_kv_cache=False (the 'z' route needs every key's value vector each forward)"
+_CACHE_HINT = (
+    "the 'z' route needs every key's value vector in each forward: decode without a KV cache "
+    "(model.generate(..., use_past_kv_cache=False)), or use route='scores' where the model honours score edits"
+)
 
 
 @contextmanager
@@ -165,11 +171,13 @@ class _LayerKnockout:
     ) -> None:
         self.model, self.layer, self.spec = model, layer, spec
         self.heads = torch.tensor(heads)
+        self.queries = None if spec.queries is None else torch.tensor(spec.queries, dtype=torch.long)
         self.use_scores, self.scale, self.means = use_scores, scale, means
         self.group = model_info(model).kv_group
         self.acts: dict[str, Tensor] = {}
         self.offset: int | None = None  # n_key - n_query, seen at scores/pattern before z
         self.pending: Tensor | None = None  # hand-computed pattern awaiting hook_pattern's check
+        self.averaged: tuple[Tensor, Tensor] | None = None  # (rows, [batch, head, row, key] keys uniform averaged)
         self.z_first = False  # hook_z ran before hook_pattern in this forward
         self.empty: Tensor | None = None  # [batch, query, head] rows with every key blocked
         self.deferred: SpanError | None = None  # raised at hook_pattern unless a KV cache explains it
@@ -181,7 +189,8 @@ class _LayerKnockout:
             hooks.append((site("attn_scores"), self.edit_scores))
         hooks.append((site("pattern"), self.read_pattern))
         if not self.use_scores and self.spec.mode in ("edge", "uniform"):
-            names = [site("v"), *(_qk_sites(self.model, self.layer) if self.spec.mode == "edge" else ())]
+            extra = _qk_sites(self.model, self.layer) if self.spec.mode == "edge" else (site("attn_scores"),)
+            names = [site("v"), *(name for name in extra if name in self.model.hook_dict)]
             hooks += [(name, self.recorder(name)) for name in names]
         hooks.append((site("z"), self.edit_z))
         return hooks
@@ -192,6 +201,7 @@ class _LayerKnockout:
         """Start of this layer in a new forward pass: forget what the last one left."""
         self.acts.clear()
         self.offset, self.pending, self.z_first, self.empty, self.deferred = None, None, False, None, None
+        self.averaged = None
 
     @property
     def needs_positions(self) -> bool:
@@ -199,15 +209,15 @@ class _LayerKnockout:
 
     def recorder(self, name: str) -> HookFn:
         def record(act: Tensor, hook: Any) -> None:
-            self.acts[name.rsplit("_", 1)[-1]] = act  # "q" / "k" / "v"
+            self.acts[name.rsplit("_", 1)[-1]] = act  # "q" / "k" / "v" / "scores"
 
         return record
 
     def rows(self, n_query: int, offset: int, device: torch.device) -> Tensor:
-        if self.spec.queries is None:
+        if self.queries is None:
             return torch.arange(n_query, device=device)
-        rel = [p - offset for p in self.spec.queries if offset <= p < offset + n_query]
-        return torch.tensor(rel, dtype=torch.long, device=device)
+        inside = self.queries[(self.queries >= offset) & (self.queries < offset + n_query)]
+        return (inside - offset).to(device)
 
     def blocked(self, n_key: int, device: torch.device) -> Tensor:
         keys = self.spec.keys or ()
@@ -247,7 +257,7 @@ class _LayerKnockout:
         n_query, n_key = pattern.shape[-2:]
         if not self.z_first:  # before hook_z, as on most kinds
             self.offset = n_key - n_query
-            if not self.use_scores and self.spec.mode == "edge":
+            if not self.use_scores and self.spec.mode in ("edge", "uniform"):
                 self.acts["pattern"] = pattern
             if self.use_scores:
                 self.verify_edit(pattern)
@@ -256,6 +266,8 @@ class _LayerKnockout:
             raise ModelError(f"layer {self.layer} saw {n_query} new queries over {n_key} keys: {_CACHE_HINT}")
         if self.deferred is not None:
             raise self.deferred
+        if self.averaged is not None:
+            self.check_averaged(pattern)
         if self.pending is not None:
             expected = self.pending
             seen = pattern[:, self.heads.to(pattern.device)].float()
@@ -309,11 +321,12 @@ class _LayerKnockout:
     def rewrite_z(self, z: Tensor, rows: Tensor, offset: int) -> Tensor | None:
         v = self.acts.pop("v").repeat_interleave(self.group, dim=2)
         pattern = self.acts.pop("pattern", None)
-        q, k = self.acts.pop("q", None), self.acts.pop("k", None)
+        q, k, scores = self.acts.pop("q", None), self.acts.pop("k", None), self.acts.pop("scores", None)
         n_key = v.shape[1]
-        if pattern is not None and pattern.shape[-1] != n_key:
+        if n_key != z.shape[1] + offset or (pattern is not None and pattern.shape[-1] != n_key):
             raise ModelError(
-                f"layer {self.layer} has {pattern.shape[-1]} keys but {n_key} value vectors: {_CACHE_HINT}"
+                f"layer {self.layer}'s queries see {z.shape[1] + offset} keys but hook_v holds {n_key} value vectors "
+                f"(a KV cache): {_CACHE_HINT}"
             )
         if not len(rows):
             return None
@@ -321,10 +334,7 @@ class _LayerKnockout:
         v = v[:, :, h].float()
         visible = _causal(z.shape[1], n_key, offset, z.device)[rows]
         if self.spec.mode == "uniform":
-            p_new = visible / visible.sum(-1, keepdim=True)
-            out = z.clone()
-            out[:, rows[:, None], h[None, :]] = torch.einsum("qk,bkhd->bqhd", p_new, v).to(z.dtype)
-            return out
+            return self.average_z(z, v, rows, visible, scores, pattern)
         if pattern is None:
             if q is None or k is None or self.scale is None:
                 raise ModelError(
@@ -352,6 +362,39 @@ class _LayerKnockout:
         out[:, rows[:, None], h[None, :]] = (z[:, rows[:, None], h[None, :]].float() - delta).to(z.dtype)
         empty = ~keep.any(-1).expand(z.shape[0], len(h), len(rows))
         return out.masked_fill(self.scatter_rows(empty, z.shape[1], z.shape[2], rows)[..., None], 0.0)
+
+    def average_z(
+        self, z: Tensor, v: Tensor, rows: Tensor, causal: Tensor, scores: Tensor | None, pattern: Tensor | None
+    ) -> Tensor:
+        """Uniform attention over the keys each query row can see: the model's own mask where it is known.
+
+        ``hook_attn_scores`` (when it fires before ``hook_z``) holds the model's mask (causal,
+        padding, local windows); without it the causal prefix is used and checked against
+        ``hook_pattern``, which must not be zero on any averaged key.
+        """
+        h = self.heads.to(z.device)
+        visible = causal.expand(z.shape[0], len(h), *causal.shape)
+        if scores is not None:
+            sub = scores[:, h][:, :, rows]
+            visible = visible & (sub > torch.finfo(sub.dtype).min / 2)
+        else:
+            self.averaged = (rows, visible)
+            if pattern is not None:
+                self.check_averaged(pattern)
+        p_new = visible.float() / visible.sum(-1, keepdim=True).clamp_min(1)
+        out = z.clone()
+        out[:, rows[:, None], h[None, :]] = torch.einsum("bhqk,bkhd->bqhd", p_new, v).to(z.dtype)
+        return out
+
+    def check_averaged(self, pattern: Tensor) -> None:
+        rows, visible = self.averaged  # type: ignore[misc]
+        seen = pattern[:, self.heads.to(pattern.device)][:, :, rows.to(pattern.device)]
+        if bool((visible & (seen == 0)).any()):
+            raise ModelError(
+                f"layer {self.layer} masks key positions that this uniform knockout averaged over (padding, or a "
+                "local-attention window), and the model exposes no hook_attn_scores before hook_z to read its mask "
+                "from; use mode='zero' or 'mean', or unpadded inputs within the window"
+            )
 
     def scatter_rows(self, empty: Tensor, n_query: int, n_heads: int, rows: Tensor) -> Tensor:
         """``[batch, head, row]`` flags of the selected heads and rows as a ``[batch, query, head]`` mask."""

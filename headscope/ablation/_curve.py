@@ -3,25 +3,36 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from headscope.ablation._inputs import encoded
 from headscope.ablation._means import head_means
 from headscope.ablation._spec import Knockout, Route
 from headscope.errors import HeadIndexError
-from headscope.heads import Head, parse_head, random_heads
+from headscope.heads import Head, random_heads
 from headscope.models import model_info
 from headscope.tasks import Sample
 
 __all__ = ["KnockoutCurve", "knockout_curve"]
 
 ScoreFn = Callable[[Any, Sample], float]
+Positions = Literal["answer", "all"]
+POSITIONS: tuple[str, ...] = ("answer", "all")
+_FLAT = (
+    "knockout_curve: the score is 0 on every sample with no head knocked out (k = 0), so knocking heads out "
+    "cannot lower it and the curve says nothing. With a teacher-forced score (answer_accuracy) the usual cause "
+    "is that the gold answer is not the model's next token: a chat model restates the question before the value. "
+    "Give the samples an answer prefix (the lead-in up to the value, e.g. 'The favorite spice of Ada is') or "
+    "score by generation (retrieval_success)."
+)
 
 
 @dataclass(frozen=True)
@@ -30,7 +41,8 @@ class KnockoutCurve:
 
     ``top[i]`` is the score with ``ranking[:ks[i]]`` knocked out; ``random[s][i]`` the score with
     ``random_sets[s][i]`` (``ks[i]`` heads drawn with ``seeds[s]`` outside ``ranking[:exclude_top]``);
-    ``baseline`` the score with nothing knocked out.
+    ``baseline`` the score with nothing knocked out. ``positions`` says which query rows were
+    knocked out (see :func:`knockout_curve`).
     """
 
     ks: tuple[int, ...]
@@ -44,6 +56,7 @@ class KnockoutCurve:
     mode: str
     n_samples: int
     model: str = ""
+    positions: str = "all"  # curves saved before the choice existed knocked out every row
 
     def random_mean(self) -> np.ndarray:
         """Mean random-head score at each ``k``."""
@@ -87,7 +100,8 @@ class KnockoutCurve:
         fig.add_trace(go.Scatter(x=ks, y=[self.baseline, *self.top], mode="lines+markers", name="top-ranked heads"))
         fig.update_layout(
             title=title
-            or f"{self.mode} knockout{f' on {self.model}' if self.model else ''} ({self.n_samples} samples)",
+            or f"{self.mode} knockout at {self.positions} positions{f' on {self.model}' if self.model else ''} "
+            f"({self.n_samples} samples)",
             xaxis_title="heads knocked out",
             yaxis_title="score",
         )
@@ -119,6 +133,8 @@ def knockout_curve(
     seeds: Sequence[int] = (0, 1, 2),
     exclude_top: int | None = None,
     route: Route = "auto",
+    positions: Positions = "answer",
+    mean_exclude: Sequence[str] = (),
     progress: bool = True,
 ) -> KnockoutCurve:
     """Score ``samples`` with the top ``k`` heads of ``ranking`` knocked out, and with ``k`` random heads.
@@ -128,8 +144,23 @@ def knockout_curve(
     mean over samples. Random heads are drawn with :func:`~headscope.heads.random_heads` outside
     ``ranking[:exclude_top]`` (default: ``max(ks)``), one draw per seed and ``k``. ``mode="edge"``
     needs ``key_label`` (e.g. ``"needle"``), resolved per sample; ``mode="mean"`` takes its means
-    from the samples themselves. Calls ``score_fn`` ``len(samples) * (1 + len(ks) * (1 + len(seeds)))``
-    times.
+    from the samples themselves, over every position unless ``mean_exclude`` leaves some out
+    (``("bos", "needle")``: the attention-sink position and the needle; see
+    :func:`~headscope.ablation.head_means`).
+
+    ``positions`` picks the query rows the heads are knocked out at:
+
+    - ``"answer"`` (default; Wu et al.'s procedure): only the rows that produce the answer, every
+      position from the last prompt token on. With a teacher-forced ``score_fn`` (prompt + answer
+      in one forward) these are the rows that predict answer tokens; with generation they are the
+      last prompt row and every generated row. The prompt is read unablated, so every row before
+      the last prompt token, and every later layer's view of the context, is exactly the intact
+      model's: the curve measures what the heads do while answering.
+    - ``"all"``: every row, prompt included; later layers then also read context representations
+      the knockout rewrote.
+
+    Calls ``score_fn`` ``len(samples) * (1 + len(ks) * (1 + len(seeds)))``
+    times. Warns when the score with nothing knocked out is 0 on every sample (a flat, meaningless curve).
 
     >>> import torch
     >>> from headscope import load_model
@@ -145,7 +176,7 @@ def knockout_curve(
     """
     info = model_info(model)
     samples = list(samples)
-    ranking_ = tuple(info.check_heads([parse_head(h) if isinstance(h, str) else h for h in ranking]))
+    ranking_ = tuple(info.check_heads(ranking))
     ks = tuple(int(k) for k in ks)
     if not samples:
         raise ValueError("knockout_curve needs at least one sample")
@@ -155,20 +186,22 @@ def knockout_curve(
         raise HeadIndexError(f"ks go up to {max(ks)} but the ranking holds only {len(ranking_)} heads")
     if not seeds:
         raise ValueError("give at least one seed for the random-head baseline")
+    if positions not in POSITIONS:
+        raise ValueError(f"positions must be 'answer' or 'all'; got {positions!r}")
     if mode == "edge" and key_label is None:
         raise ValueError("mode='edge' needs key_label= (e.g. 'needle'), the span each sample's queries cannot see")
     exclude = max(ks) if exclude_top is None else int(exclude_top)
     random_sets = tuple(
         tuple(tuple(random_heads(info, k, exclude=ranking_[:exclude], seed=seed)) for k in ks) for seed in seeds
     )
-    means = head_means(model, samples) if mode == "mean" else None
+    means = head_means(model, samples, exclude=mean_exclude) if mode == "mean" else None
     bar = tqdm(total=len(samples) * (1 + len(ks) * (1 + len(seeds))), desc="knockout curve", disable=not progress)
 
-    def score(heads: Sequence[Head]) -> float:
+    def score(heads: Sequence[Head]) -> list[float]:
         if not heads:
             values = [float(score_fn(model, sample)) for sample in samples]
             bar.update(len(samples))
-            return float(np.mean(values))
+            return values
         spec = Knockout(
             tuple(heads),
             mode,  # type: ignore[arg-type]
@@ -177,15 +210,18 @@ def knockout_curve(
         )
         values = []
         for sample in samples:
-            with spec.applied(model, sample=sample if mode == "edge" else None, route=route):
+            with _for_sample(spec, model, sample, positions).applied(model, route=route):
                 values.append(float(score_fn(model, sample)))
             bar.update()
-        return float(np.mean(values))
+        return values
 
     with bar:
-        baseline = score(())
-        top = tuple(score(ranking_[:k]) for k in ks)
-        random = tuple(tuple(score(heads) for heads in per_seed) for per_seed in random_sets)
+        intact = score(())
+        if not any(intact):
+            warnings.warn(_FLAT, UserWarning, stacklevel=2)
+        top = tuple(float(np.mean(score(ranking_[:k]))) for k in ks)
+        random = tuple(tuple(float(np.mean(score(heads))) for heads in per_seed) for per_seed in random_sets)
+    baseline = float(np.mean(intact))
     return KnockoutCurve(
         ks=ks,
         top=top,
@@ -198,4 +234,16 @@ def knockout_curve(
         mode=mode,
         n_samples=len(samples),
         model=info.name,
+        positions=positions,
     )
+
+
+def _for_sample(spec: Knockout, model: Any, sample: Sample, positions: str) -> Knockout:
+    """``spec`` for one sample: its ``key_label`` resolved and, for ``"answer"``, its query rows set."""
+    if spec.key_label is None and positions == "all":
+        return spec
+    enc = encoded(model, sample)
+    spec = spec.for_sample(enc)
+    if positions == "all":
+        return spec
+    return replace(spec, queries=tuple(range(len(enc.input_ids) - 1, model_info(model).n_ctx)))

@@ -10,50 +10,88 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from headscope.ablation._inputs import Input, as_tokens
+from headscope.ablation._inputs import Input, as_tokens, encoded
 from headscope.ablation._spec import Knockout
-from headscope.errors import HeadIndexError
-from headscope.heads import Head, parse_head
+from headscope.errors import HeadIndexError, SpanError
+from headscope.heads import Head
 from headscope.hooks import attn_hook, capture
 from headscope.models import model_info
+from headscope.tasks import EncodedSample, Sample
 
 __all__ = ["head_means", "mean_knockout"]
 
 
 def head_means(
-    model: Any, reference: Iterable[Input], *, layers: Sequence[int] | None = None, progress: bool = False
+    model: Any,
+    reference: Iterable[Input],
+    *,
+    layers: Sequence[int] | None = None,
+    exclude: Sequence[str] = (),
+    progress: bool = False,
 ) -> Float[Tensor, "layer head d_head"]:
-    """Mean of every head's ``hook_z`` over every position of every reference input.
+    """Mean of every head's ``hook_z`` over the positions of the reference inputs.
 
-    Each token counts once (longer inputs weigh more); BOS positions are included. Layers not in
-    ``layers`` (default: all) are left as zeros.
+    By default every position of every input counts once (longer inputs weigh more), including the
+    BOS position, whose output is often far from the rest (an attention sink), and, when the
+    reference inputs are the scored samples themselves, their needle positions. ``exclude`` leaves
+    positions out: ``"bos"`` drops the first position of every input (where headscope puts BOS);
+    a span label such as ``"needle"`` drops that span's tokens (inputs must then be samples).
+    Layers not in ``layers`` (default: all) are left as zeros.
 
     >>> from headscope import load_model
     >>> model = load_model("tiny-llama")
-    >>> tuple(head_means(model, [torch.tensor([0, 5, 9]), torch.tensor([0, 7])]).shape)
+    >>> tuple(head_means(model, [torch.tensor([0, 5, 9]), torch.tensor([0, 7])], exclude=("bos",)).shape)
     (2, 4, 16)
     """
     info = model_info(model)
     layers = list(range(info.n_layers)) if layers is None else sorted(set(layers))
     info.check_heads([(layer, 0) for layer in layers])
+    exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
     total = torch.zeros(info.n_layers, info.n_heads, info.d_head, dtype=torch.float64)
     count = 0
     for item in tqdm(list(reference), desc="reference means", disable=not progress):
         tokens = as_tokens(model, item)
+        keep = _kept_positions(model, item, tokens.shape[1], exclude)
         with torch.no_grad(), capture(model, [attn_hook(layer, "z") for layer in layers]) as acts:
             model(tokens)
         for layer in layers:
-            total[layer] += acts[attn_hook(layer, "z")].double().sum(dim=(0, 1)).cpu()
-        count += tokens.shape[0] * tokens.shape[1]
+            total[layer] += acts[attn_hook(layer, "z")][:, keep.to(tokens.device)].double().sum(dim=(0, 1)).cpu()
+        count += tokens.shape[0] * int(keep.sum())
     if count == 0:
-        raise ValueError("reference holds no inputs; give at least one token sequence, Sample or text")
+        raise ValueError(
+            "reference holds no positions to average over; give at least one token sequence, Sample or text "
+            f"(with exclude={exclude!r}, each input needs a position left)"
+        )
     return (total / count).float()
 
 
+def _kept_positions(model: Any, item: Input, n_pos: int, exclude: tuple[str, ...]) -> Tensor:
+    keep = torch.ones(n_pos, dtype=torch.bool)
+    for label in exclude:
+        if label == "bos":
+            keep[0] = False
+            continue
+        if not isinstance(item, (Sample, EncodedSample)):
+            raise SpanError(
+                f"exclude={label!r} names a span, but a reference input is {type(item).__name__}, not a sample; "
+                "pass Samples (or EncodedSamples), or exclude only 'bos'"
+            )
+        for start, end in encoded(model, item).positions(label):
+            keep[start:end] = False
+    return keep
+
+
 def mean_knockout(
-    model: Any, heads: Iterable[Head | str], reference: Iterable[Input], *, queries: Iterable[int] | None = None
+    model: Any,
+    heads: Iterable[Head | str],
+    reference: Iterable[Input],
+    *,
+    queries: Iterable[int] | None = None,
+    exclude: Sequence[str] = (),
 ) -> Knockout:
     """A ``mode="mean"`` :class:`Knockout` whose means come from :func:`head_means` over ``reference``.
+
+    ``exclude`` (``"bos"``, span labels) leaves positions out of the means; see :func:`head_means`.
 
     >>> import torch
     >>> from headscope import load_model
@@ -62,10 +100,9 @@ def mean_knockout(
     >>> spec.mode, len(spec.means[0])
     ('mean', 16)
     """
-    pairs = [parse_head(h) if isinstance(h, str) else tuple(h) for h in heads]
+    pairs = model_info(model).check_heads(heads)
     if not pairs:
         raise HeadIndexError("mean_knockout needs at least one head")
-    pairs = model_info(model).check_heads(pairs)
-    table = head_means(model, reference, layers=sorted({layer for layer, _ in pairs}))
+    table = head_means(model, reference, layers=sorted({layer for layer, _ in pairs}), exclude=exclude)
     means = torch.stack([table[layer, head] for layer, head in pairs])
     return Knockout(tuple(pairs), "mean", queries=None if queries is None else tuple(queries), means=means)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from headscope.errors import HeadIndexError, ModelMismatchError, SpanError
-from headscope.heads import Head, parse_head
+from headscope.heads import Head, as_heads
 
 if TYPE_CHECKING:
     from headscope.models import ModelInfo
@@ -36,8 +36,9 @@ class Knockout:
       rest of each row is renormalised, exactly as if those keys were masked before the softmax.
       A query row whose every visible key is blocked attends to nothing: that head's output at that
       query is zero (not NaN, and not a fallback to BOS).
-    - ``"uniform"``: the head attends uniformly over its causal prefix (pre-softmax scores set to a
-      constant), so it can no longer pick out any position.
+    - ``"uniform"``: the head attends uniformly over the keys it can see (its causal prefix, less
+      padding and outside a local window; pre-softmax scores set to a constant), so it can no
+      longer pick out any position.
     - ``"zero"``: the head's output ``hook_z`` is set to zero at ``queries``.
     - ``"mean"``: ``hook_z`` is set to ``means[i]`` for ``heads[i]``, the mean of the head's
       ``hook_z`` over every position of reference inputs (see :func:`mean_knockout`).
@@ -64,7 +65,7 @@ class Knockout:
     means: tuple[tuple[float, ...], ...] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        heads = [parse_head(h) if isinstance(h, str) else _pair(h) for h in self.heads]
+        heads = as_heads(self.heads)
         if len(set(heads)) != len(heads):
             dupes = sorted({h for h in heads if heads.count(h) > 1})
             raise HeadIndexError(f"each head may appear once in a knockout; repeated: {dupes}")
@@ -154,18 +155,6 @@ class Knockout:
     @classmethod
     def load(cls, path: str | Path) -> Knockout:
         return cls.from_dict(json.loads(Path(path).read_text()))
-
-
-def _pair(head: Any) -> Head:
-    try:
-        layer, index = head
-        if int(layer) != layer or int(index) != index or layer < 0 or index < 0:
-            raise ValueError
-    except (TypeError, ValueError):
-        raise HeadIndexError(
-            f"heads must be (layer, head) pairs of non-negative ints or 'L3H7' labels; got {head!r}"
-        ) from None
-    return int(layer), int(index)
 
 
 def _positions(values: Iterable[int], name: str) -> tuple[int, ...]:

@@ -23,7 +23,10 @@ class RankAgreement(Saved):
     """How alike two ``[layer, head]`` score maps rank the heads.
 
     ``spearman`` and ``p_value`` come from ``scipy.stats.spearmanr`` over the ``n_heads`` heads scored
-    in both maps (average ranks for ties); ``overlap`` is ``|top_a ∩ top_b| / top_k``.
+    in both maps (average ranks for ties). ``top_a`` and ``top_b`` are each map's
+    :func:`~headscope.compare.head_set` of ``top_k``: only heads scoring above 0, so either may hold
+    fewer than ``top_k`` heads (``sizes``). ``overlap`` is ``|top_a ∩ top_b| / max(|top_a|, |top_b|)``
+    (``top_k`` when both sets are full; NaN when both are empty).
     """
 
     spearman: float
@@ -35,6 +38,11 @@ class RankAgreement(Saved):
     top_b: tuple[Head, ...]
     scores_a: tuple[tuple[float, ...], ...]
     scores_b: tuple[tuple[float, ...], ...]
+
+    @property
+    def sizes(self) -> tuple[int, int]:
+        """``(len(top_a), len(top_b))``: below ``top_k`` when a map has fewer positive heads."""
+        return len(self.top_a), len(self.top_b)
 
     def to_frame(self) -> pd.DataFrame:
         """One row per head: layer, head, label, score_a, score_b, and whether it is in each top-k."""
@@ -80,7 +88,8 @@ class RankAgreement(Saved):
 def rank_correlation(scores_a: Scores, scores_b: Scores, *, top_k: int = 20) -> RankAgreement:
     """Spearman correlation of two ``[layer, head]`` score maps over all heads, and their top-``k`` overlap.
 
-    Heads with a NaN score in either map are left out of the correlation.
+    Heads with a NaN score in either map are left out of the correlation. The top-``k`` sets hold
+    only heads scoring above 0 (see :class:`RankAgreement`).
 
     >>> import torch
     >>> a = torch.tensor([[0.9, 0.1, 0.3], [0.0, 0.5, 0.2]])
@@ -101,12 +110,13 @@ def rank_correlation(scores_a: Scores, scores_b: Scores, *, top_k: int = 20) -> 
         raise ConfigError(f"a rank correlation needs at least 3 heads scored in both maps; got {int(both.sum())}")
     result = stats.spearmanr(a[both], b[both])
     top_a, top_b = head_set(a, top_k=top_k), head_set(b, top_k=top_k)
+    larger = max(len(top_a), len(top_b))
     return RankAgreement(
         spearman=float(result.statistic),
         p_value=float(result.pvalue),
         n_heads=int(both.sum()),
         top_k=top_k,
-        overlap=len(set(top_a) & set(top_b)) / top_k,
+        overlap=len(set(top_a) & set(top_b)) / larger if larger else float("nan"),
         top_a=tuple(top_a),
         top_b=tuple(top_b),
         scores_a=tuple(tuple(float(x) for x in row) for row in a),

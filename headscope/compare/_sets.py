@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -10,25 +11,15 @@ import torch
 from jaxtyping import Float
 
 from headscope.errors import HeadIndexError
-from headscope.heads import Head, parse_head
+from headscope.heads import Head, as_heads
 
 __all__ = ["as_grid", "head_set", "jaccard", "recall"]
 
 Scores = Float[torch.Tensor, "layer head"] | Float[np.ndarray, "layer head"]
 
 
-def _heads(heads: Iterable[Head | str], name: str) -> set[Head]:
-    pairs = set()
-    for h in heads:
-        if isinstance(h, str):
-            pairs.add(parse_head(h))
-            continue
-        try:
-            layer, head = h
-            pairs.add((int(layer), int(head)))
-        except (TypeError, ValueError):
-            raise HeadIndexError(f"{name} must hold (layer, head) pairs or 'L3H7' labels; got {h!r}") from None
-    return pairs
+def _heads(heads: Iterable[Head | str]) -> set[Head]:
+    return set(as_heads(heads))
 
 
 def recall(reference: Iterable[Head | str], candidate: Iterable[Head | str]) -> float:
@@ -39,10 +30,10 @@ def recall(reference: Iterable[Head | str], candidate: Iterable[Head | str]) -> 
     >>> recall([(0, 1), (2, 3), (4, 5), (6, 7)], ["L0H1", "L2H3", "L9H9"])
     0.5
     """
-    ref = _heads(reference, "reference")
+    ref = _heads(reference)
     if not ref:
         raise HeadIndexError("recall needs a non-empty reference set (it divides by its size)")
-    return len(ref & _heads(candidate, "candidate")) / len(ref)
+    return len(ref & _heads(candidate)) / len(ref)
 
 
 def jaccard(a: Iterable[Head | str], b: Iterable[Head | str]) -> float:
@@ -51,7 +42,7 @@ def jaccard(a: Iterable[Head | str], b: Iterable[Head | str]) -> float:
     >>> jaccard([(0, 1), (2, 3)], [(2, 3), (4, 5)])
     0.3333333333333333
     """
-    sa, sb = _heads(a, "a"), _heads(b, "b")
+    sa, sb = _heads(a), _heads(b)
     if not sa | sb:
         raise HeadIndexError("jaccard of two empty head sets is undefined; give at least one head")
     return len(sa & sb) / len(sa | sb)
@@ -66,25 +57,38 @@ def as_grid(scores: Any, name: str = "scores") -> np.ndarray:
 
 
 def head_set(scores: Scores, *, top_k: int | None = None, threshold: float | None = None) -> list[Head]:
-    """Heads of a ``[layer, head]`` score map, best first: the ``top_k`` highest, those above ``threshold``, or both.
+    """Heads of a ``[layer, head]`` score map scoring above ``threshold`` (default 0), best first, at most ``top_k``.
 
-    With both, the set is the top ``top_k`` among heads scoring above ``threshold``. Ties are broken by
-    (layer, head); NaN scores (heads never scored) are never selected.
+    A head must score strictly above the threshold to enter a set: with the default of 0, a head
+    that never scored is never picked, so two maps with few positive heads do not share a tail of
+    zero-score heads. When fewer than ``top_k`` heads qualify, the set is smaller (its length says
+    how small) and a warning says so. Ties are broken by (layer, head); NaN scores (heads never
+    scored) are never selected.
 
     >>> grid = torch.tensor([[0.1, 0.9], [0.5, float("nan")]])
     >>> head_set(grid, top_k=2), head_set(grid, threshold=0.3)
     ([(0, 1), (1, 0)], [(0, 1), (1, 0)])
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True):
+    ...     head_set(torch.tensor([[0.0, 0.4], [0.0, 0.0]]), top_k=3)
+    [(0, 1)]
     """
     if top_k is None and threshold is None:
         raise ValueError("head_set needs top_k=, threshold= or both")
     if top_k is not None and top_k < 1:
         raise HeadIndexError(f"top_k must be at least 1; got {top_k}")
+    cut = 0.0 if threshold is None else float(threshold)
     grid = as_grid(scores)
     order = sorted(
-        ((float(v), (layer, head)) for (layer, head), v in np.ndenumerate(grid) if not np.isnan(v)),
+        ((float(v), (int(layer), int(head))) for (layer, head), v in np.ndenumerate(grid) if v > cut),
         key=lambda item: (-item[0], item[1]),
     )
-    if top_k is not None and threshold is None and top_k > len(order):
-        raise HeadIndexError(f"top_k={top_k} but only {len(order)} heads have a score")
-    heads = [(int(h[0]), int(h[1])) for v, h in order if threshold is None or v > threshold]
+    heads = [h for _, h in order]
+    if top_k is not None and len(heads) < top_k:
+        warnings.warn(
+            f"only {len(heads)} heads score above {cut:g}, fewer than top_k={top_k}: the head set has "
+            f"{len(heads)} heads (heads scoring {cut:g} or less, or NaN, are never picked to fill it)",
+            UserWarning,
+            stacklevel=2,
+        )
     return heads if top_k is None else heads[:top_k]

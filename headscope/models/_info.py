@@ -13,10 +13,9 @@ from jaxtyping import Int
 from torch import Tensor
 
 from headscope.errors import ContextLengthError, HeadIndexError, ModelError
+from headscope.heads import Head, as_heads
 from headscope.hooks import attached, attn_hook
 from headscope.models._kinds import Kind, model_kind
-
-Head = tuple[int, int]
 
 _INFOS: weakref.WeakKeyDictionary[Any, ModelInfo] = weakref.WeakKeyDictionary()
 
@@ -59,16 +58,19 @@ class ModelInfo:
         """``["L0H0", "L0H1", ...]`` in layer-major order, as TransformerLens labels heads."""
         return [f"L{layer}H{head}" for layer in range(self.n_layers) for head in range(self.n_heads)]
 
-    def check_heads(self, heads: Iterable[Head]) -> list[Head]:
-        """Validate (layer, head) pairs; report every bad pair at once."""
-        pairs = [tuple(int(x) for x in h) for h in heads]
-        bad = [p for p in pairs if len(p) != 2 or not (0 <= p[0] < self.n_layers and 0 <= p[1] < self.n_heads)]
+    def check_heads(self, heads: Iterable[Any]) -> list[Head]:
+        """Read heads in any accepted form (:func:`~headscope.heads.as_head`) and check them against the model.
+
+        Reports every head outside the model at once.
+        """
+        pairs = as_heads(heads)
+        bad = [p for p in pairs if not (p[0] < self.n_layers and p[1] < self.n_heads)]
         if bad:
             raise HeadIndexError(
                 f"heads must be (layer, head) pairs within a {self.n_layers}x{self.n_heads} model; "
                 f"got {', '.join(map(str, bad))}"
             )
-        return pairs  # type: ignore[return-value]
+        return pairs
 
     def check_length(self, n_tokens: int) -> None:
         """Raise :class:`ContextLengthError` if ``n_tokens`` exceeds the context window."""

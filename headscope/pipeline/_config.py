@@ -73,7 +73,9 @@ class PipelineConfig:
     the copied token (``False`` credits a head that points at it regardless). Head sets are each
     model's ``top_k`` heads with a positive retrieval score;
     knockout removes the real model's top ``knockout_ks`` heads against ``knockout_seeds``
-    random draws; patching copies the heads shared by the real model and ``patch_target``
+    random draws, at the rows that predict the answer (``knockout_positions="answer"``, Wu et
+    al.'s procedure) or at every position (``"all"``); patching copies the heads shared by the
+    real model and ``patch_target``
     (default: the lowest-scoring synthetic variant that shares a head with the real model)
     against their complement and ``n_random`` random sets; the correlation's interval comes
     from ``n_boot`` bootstrap resamples.
@@ -104,6 +106,7 @@ class PipelineConfig:
     require_prediction: bool = True
     knockout_ks: tuple[int, ...] = (1, 2, 4, 6)
     knockout_seeds: tuple[int, ...] = (0, 1, 2)
+    knockout_positions: str = "answer"
     n_random: int = 5
     patch_target: str | None = None
     n_boot: int = 2000
@@ -127,6 +130,8 @@ class PipelineConfig:
             problems.append(f"pretrain_steps must be >= 0; got {self.pretrain_steps}")
         if not self.knockout_ks or min(self.knockout_ks) < 1:
             problems.append(f"knockout_ks must be head counts >= 1; got {self.knockout_ks}")
+        if self.knockout_positions not in ("answer", "all"):
+            problems.append(f"knockout_positions must be 'answer' or 'all'; got {self.knockout_positions!r}")
         if problems:
             raise ConfigError("invalid PipelineConfig: " + "; ".join(problems))
         object.__setattr__(self, "variants", tuple(self.variants))

@@ -51,8 +51,9 @@ class PipelineResult:
     ``correlations`` maps a score name (``"accuracy"``, ``"logprob"``) to the Spearman
     correlation of recall with that score across the synthetic variants, or ``None`` where
     undefined (``notes`` says why). ``knockout`` knocks out the real model's top heads against
-    random heads; ``patching`` patches heads from the real model into ``patch_target`` (``None``
-    when the shared set is empty or is every head). ``seconds`` times each stage.
+    random heads (only heads with a positive retrieval score rank; ``None`` when none has one);
+    ``patching`` patches heads from the real model into ``patch_target`` (``None`` when the shared
+    set is empty or is every head). ``seconds`` times each stage.
     """
 
     config: PipelineConfig
@@ -61,7 +62,7 @@ class PipelineResult:
     training: dict[str, FinetuneResult]
     pretraining: FinetuneResult | None
     correlations: dict[str, Correlation | None]
-    knockout: KnockoutCurve
+    knockout: KnockoutCurve | None
     patching: PatchingComparison | None
     patch_target: str
     seconds: dict[str, float]
@@ -106,9 +107,10 @@ class PipelineResult:
                 y_title="exact-match accuracy on the real task",
             )
         figures["real_heads"] = self.scores[self.real.name].plot(title="retrieval scores of the real-data model")
-        figures["knockout"] = self.knockout.plot(
-            title="real-data model: top retrieval heads vs random heads knocked out"
-        )
+        if self.knockout is not None:
+            figures["knockout"] = self.knockout.plot(
+                title="real-data model: top retrieval heads vs random heads knocked out"
+            )
         if self.patching is not None:
             figures["patching"] = self.patching.plot(
                 title=f"patching the real model's heads into {self.patch_target} ({self.patching.metric})"
@@ -135,7 +137,8 @@ class PipelineResult:
         for i, name in enumerate(names):
             self.scores[name].save(root / "scores" / f"{i}.json")
             self.training[name].save(root / "training" / f"{i}.json")
-        self.knockout.save(root / "knockout.json")
+        if self.knockout is not None:
+            self.knockout.save(root / "knockout.json")
         if self.pretraining is not None:
             self.pretraining.save(root / "training" / "pretraining.json")
         if self.patching is not None:
@@ -167,6 +170,7 @@ class PipelineResult:
         names = [v.name for v in variants]
         patching = root / "patching.json"
         pretraining = root / "training" / "pretraining.json"
+        knockout = root / "knockout.json"
         return cls(
             config=PipelineConfig.from_dict(meta["config"]),
             variants=variants,
@@ -177,7 +181,7 @@ class PipelineResult:
                 k: Correlation.load(root / f"correlation-{k}.json") if present else None
                 for k, present in meta["correlations"].items()
             },
-            knockout=KnockoutCurve.load(root / "knockout.json"),
+            knockout=KnockoutCurve.load(knockout) if knockout.is_file() else None,
             patching=PatchingComparison.load(patching) if patching.is_file() else None,
             patch_target=meta["patch_target"],
             seconds=meta["seconds"],

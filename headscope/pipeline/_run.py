@@ -116,6 +116,33 @@ def _correlations(synthetic: Sequence[VariantResult], config: PipelineConfig) ->
     return corrs, notes
 
 
+def _knockout(
+    model: Any, scores: RetrievalScores, samples: Sequence[Sample], config: PipelineConfig
+) -> tuple[KnockoutCurve | None, list[str]]:
+    """The knockout curve of the heads with a positive retrieval score, best first (never zero-score heads)."""
+    ranking = [head for head, score in scores.above(0.0)]
+    ks = [k for k in config.knockout_ks if k <= len(ranking)]
+    notes = []
+    if len(ks) < len(config.knockout_ks):
+        notes.append(
+            f"knockout: only {len(ranking)} heads have a positive retrieval score, so k in "
+            f"{[k for k in config.knockout_ks if k > len(ranking)]} was skipped (zero-score heads are never ranked)"
+        )
+    if not ks:
+        return None, notes
+    curve = knockout_curve(
+        model,
+        samples,
+        ranking,
+        answer_correct,
+        ks=ks,
+        seeds=config.knockout_seeds,
+        positions=config.knockout_positions,  # type: ignore[arg-type]
+        progress=False,
+    )
+    return curve, notes
+
+
 def _patch_target(variants: Sequence[VariantResult], config: PipelineConfig) -> VariantResult:
     """The configured target, else the lowest-scoring synthetic variant that shares a head with the real model.
 
@@ -200,17 +227,8 @@ def run_pipeline(config: PipelineConfig, *, progress: bool = True) -> PipelineRe
     )
     correlations, corr_notes = _correlations(results[1:], config)
     notes += corr_notes
-    ranking = scores[config.real.name].top(model_info(base).n_layers * model_info(base).n_heads)
-    ks = [k for k in config.knockout_ks if k <= len(ranking)]
-    knock: KnockoutCurve = knockout_curve(
-        models[config.real.name],
-        eval_samples,
-        [h for h, _ in ranking],
-        answer_correct,
-        ks=ks,
-        seeds=config.knockout_seeds,
-        progress=False,
-    )
+    knock, knock_notes = _knockout(models[config.real.name], scores[config.real.name], eval_samples, config)
+    notes += knock_notes
     lap("knockout")
     target = _patch_target(results, config)
     shared = sorted(set(real_heads) & set(target.heads))

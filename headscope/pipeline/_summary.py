@@ -43,6 +43,8 @@ def _correlation(key: str, corr: Correlation | None) -> str:
 
 def _knockout(result: PipelineResult) -> list[str]:
     curve = result.knockout
+    if curve is None:
+        return ["knockout: skipped, since no head of the real model has a positive retrieval score (see notes)."]
     random = curve.random_mean()
     lines = [f"knockout of the real model's heads (accuracy; intact {curve.baseline:.3f}):"]
     for k, top, rand in zip(curve.ks, curve.top, random, strict=True):
