@@ -110,9 +110,10 @@ def hf_twin(model: Any, attn_implementation: str) -> Any:
             owner = twin.get_submodule(path)
         except AttributeError:
             continue  # a bridge alias (e.g. ``mlp.out`` for ``down_proj``) with no HF counterpart
-        if attr in owner._parameters:
+        # Only slots the HF module really has: TransformerLens adds e.g. a zero ``lm_head`` bias buffer.
+        if owner._parameters.get(attr) is not None:
             owner._parameters[attr] = tensor
-        elif attr in owner._buffers:
+        elif owner._buffers.get(attr) is not None:
             owner._buffers[attr] = tensor
     left = [n for n, t in (*twin.named_parameters(), *twin.named_buffers()) if t.is_meta]
     if left:
