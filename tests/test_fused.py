@@ -192,6 +192,20 @@ def test_a_user_hook_is_never_skipped_silently(bridge) -> None:
     assert calls and auto == detect(bridge, attention="fused")
 
 
+def test_auto_falls_back_to_eager_when_the_twin_cannot_be_built(bridge, monkeypatch: pytest.MonkeyPatch) -> None:
+    from headscope.retrieval import _fused
+
+    def broken(model, name):
+        raise ModelError("the bridge holds no tensor for model.norm.weight")
+
+    monkeypatch.setattr(_fused, "hf_twin", broken)
+    assert isinstance(choose_route(bridge, "auto", 3), EagerRoute)
+    with pytest.raises(
+        ModelError, match=r"cannot run on this model: the bridge holds no tensor for model\.norm\.weight"
+    ):
+        choose_route(bridge, "fused", 3)
+
+
 def test_unknown_attention_is_refused(bridge) -> None:
     with pytest.raises(ValueError, match="attention must be 'fused', 'eager' or 'auto'; got 'flash'"):
         detect(bridge, attention="flash")
@@ -267,3 +281,17 @@ def test_smollm2_fused_mass_scores_equal_the_eager_route(smollm2, needle_samples
     fused = detect_retrieval_heads(smollm2, needle_samples, attention="fused", **kw)
     eager = detect_retrieval_heads(smollm2, needle_samples, attention="eager", **kw)
     torch.testing.assert_close(fused.per_sample, eager.per_sample, rtol=0, atol=1e-5)
+
+
+@pytest.mark.smollm2
+@pytest.mark.slow
+@pytest.mark.parametrize("needle_label", ["needle", "answer"])
+def test_smollm2_fused_hit_counts_equal_the_eager_route_on_mdqa(smollm2, smollm2_tokenizer, needle_label) -> None:
+    from headscope.tasks import mdqa
+
+    samples = [s.with_chat_template(smollm2_tokenizer) for s in mdqa(n_docs=8, n_hard=2, n_samples=4, seed=3)]
+    kw = dict(needle_label=needle_label, require_prediction=False, success=always, progress=False)
+    fused = detect_retrieval_heads(smollm2, samples, attention="fused", **kw)
+    eager = detect_retrieval_heads(smollm2, samples, attention="eager", **kw)
+    assert fused.per_sample.sum() > 0
+    assert torch.equal(fused.per_sample, eager.per_sample)

@@ -90,7 +90,10 @@ def choose_route(model: Any, attention: Attention, n_layers: int) -> EagerRoute 
             "fires none of the bridge's hooks"
         )
     if reason is None:
-        return FusedRoute(model)
+        try:
+            return FusedRoute(model)
+        except ModelError as err:  # e.g. a bridge whose parameters do not map onto its HF class
+            reason = str(err)
     if attention == "fused":
         raise ModelError(f"attention='fused' cannot run on this model: {reason}. Use attention='eager' (or 'auto').")
     return EagerRoute(model, n_layers)
