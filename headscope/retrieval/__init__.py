@@ -1,7 +1,8 @@
 """Retrieval heads (Wu et al. 2024): which attention heads copy the answer out of the context.
 
 :func:`detect_retrieval_heads` scores every head by greedy generation (Wu et al.'s procedure)
-or by one teacher-forced forward pass; :class:`RetrievalScores` holds the result as sums and
+or by one teacher-forced forward pass, on the eager route or the fused one (sdpa attention,
+only the scored rows recomputed); :class:`RetrievalScores` holds the result as sums and
 counts that merge across runs and machines. :func:`record_attention` keeps a few heads'
 attention around the needle for :func:`headscope.viz.attention_view` to draw.
 """
@@ -16,17 +17,21 @@ from headscope.retrieval._outcomes import SuccessLog as SuccessLog
 from headscope.retrieval._record import AttentionRows as AttentionRows
 from headscope.retrieval._record import record_attention as record_attention
 from headscope.retrieval._rouge import RougeRecall as RougeRecall
+from headscope.retrieval._routes import Attention as Attention
 from headscope.retrieval._scores import RETRIEVAL_THRESHOLD as RETRIEVAL_THRESHOLD
 from headscope.retrieval._scores import RetrievalScores as RetrievalScores
+from headscope.retrieval._scores import Score as Score
 from headscope.retrieval._top1 import count_hits as count_hits
 
 __all__ = [
     "RETRIEVAL_THRESHOLD",
+    "Attention",
     "AttentionRows",
     "Decoder",
     "Mode",
     "RetrievalScores",
     "RougeRecall",
+    "Score",
     "SuccessLog",
     "all_gather_scores",
     "count_hits",
