@@ -262,7 +262,7 @@ def test_attention_is_read_on_a_bridge_that_computes_attention_inside_hugging_fa
     recorder.rows = torch.arange(tokens.shape[1])[None]
     with torch.no_grad(), hs.attached(model, recorder.hooks()):
         model(tokens)
-        ours = recorder.take()[:, 0]  # [layer, head, row]
+        ours = recorder.take().top1[:, 0]  # [layer, head, row]
         reference = torch.stack([a[0].argmax(-1) for a in hf(tokens, output_attentions=True).attentions])
     assert torch.equal(ours, reference)
     assert no_hooks(model)

@@ -59,10 +59,11 @@ def test_merging_drops_per_sample_scores_unless_every_part_has_them(per_sample: 
 
 
 @pytest.mark.parametrize(
-    "change", [{"model": "other"}, {"mode": "generation"}, {"settings": {"needle_label": "answer"}}]
+    "change",
+    [{"model": "other"}, {"mode": "generation"}, {"settings": {"needle_label": "answer"}}, {"score": "mass"}],
 )
 def test_scores_of_different_runs_refuse_to_merge(per_sample: torch.Tensor, change: dict) -> None:
-    with pytest.raises(ModelMismatchError, match="only scores of the same model, mode, shape and settings merge"):
+    with pytest.raises(ModelMismatchError, match="only scores of the same model, mode, score, shape and settings"):
         _ = make(per_sample) + make(per_sample, **change)
 
 
@@ -80,6 +81,18 @@ def test_scores_round_trip_through_save_and_load_exactly(per_sample: torch.Tenso
     assert RetrievalScores.load(bare.save(tmp_path / "b.json")) == bare
     empty = make(torch.zeros(0, 3, 4, dtype=torch.float64), n_samples=2)
     assert RetrievalScores.load(empty.save(tmp_path / "e.json")) == empty
+
+
+def test_the_score_a_result_holds_is_saved_loaded_and_compared(per_sample: torch.Tensor, tmp_path: Path) -> None:
+    mass = make(per_sample, score="mass")
+    loaded = RetrievalScores.load(mass.save(tmp_path / "m.json"))
+    assert loaded.score == "mass" and loaded == mass
+    assert mass != make(per_sample) and "mass" in repr(mass)
+    older = mass.to_dict()
+    del older["score"]  # files written before scores were named hold copy scores
+    assert RetrievalScores.from_dict(older).score == "copy"
+    with pytest.raises(ValueError, match="score must be 'copy' or 'mass'; got 'sum'"):
+        make(per_sample, score="sum")
 
 
 def test_loading_another_json_file_says_what_it_expected(tmp_path: Path) -> None:

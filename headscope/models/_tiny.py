@@ -94,10 +94,12 @@ def _cached_folder(prefix: str, spec: dict[str, Any], build: Any) -> Path:
 
 
 def _config(arch: str, vocab: int, bos: int, n_layers: int, d_model: int, n_heads: int, n_kv_heads: int, n_ctx: int):
-    from transformers import GPT2Config, GPTNeoConfig, LlamaConfig
+    from transformers import GPT2Config, GPTNeoConfig, LlamaConfig, MistralConfig, Qwen2Config
 
-    if arch == "llama":
-        return LlamaConfig(
+    if arch in ("llama", "qwen2", "mistral"):
+        config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}[arch]
+        extra = {"sliding_window": None} if arch == "mistral" else {}
+        return config_class(
             vocab_size=vocab,
             hidden_size=d_model,
             intermediate_size=2 * d_model,
@@ -108,6 +110,7 @@ def _config(arch: str, vocab: int, bos: int, n_layers: int, d_model: int, n_head
             bos_token_id=bos,
             eos_token_id=bos,
             tie_word_embeddings=False,
+            **extra,
         )
     if arch == "gpt2":
         return GPT2Config(
@@ -132,7 +135,7 @@ def _config(arch: str, vocab: int, bos: int, n_layers: int, d_model: int, n_head
 
 
 def tiny_folder(
-    arch: Literal["llama", "gpt2", "gpt-neo"] = "llama",
+    arch: Literal["llama", "qwen2", "mistral", "gpt2", "gpt-neo"] = "llama",
     *,
     n_layers: int = 2,
     d_model: int = 64,
@@ -144,13 +147,15 @@ def tiny_folder(
     """Cached HF folder of a small random model with :func:`tiny_tokenizer`.
 
     ``"llama"``: rotary positions and grouped-query attention (``n_kv_heads`` defaults to half the
-    heads). ``"gpt2"``: learned positions, full multi-head attention. ``"gpt-neo"``: a model whose
+    heads); ``"qwen2"`` (biased q/k/v projections) and ``"mistral"`` (no sliding window) likewise.
+    ``"gpt2"``: learned positions, full multi-head attention. ``"gpt-neo"``: a model whose
     bridge computes attention inside Hugging Face code, so edits of ``hook_pattern`` are discarded
     there (the case headscope's interventions must detect).
     """
-    if arch not in ("llama", "gpt2", "gpt-neo"):
-        raise ConfigError(f"arch must be 'llama', 'gpt2' or 'gpt-neo'; got {arch!r}")
-    kv = n_kv_heads if n_kv_heads is not None else (max(1, n_heads // 2) if arch == "llama" else n_heads)
+    if arch not in ("llama", "qwen2", "mistral", "gpt2", "gpt-neo"):
+        raise ConfigError(f"arch must be 'llama', 'qwen2', 'mistral', 'gpt2' or 'gpt-neo'; got {arch!r}")
+    rotary = arch in ("llama", "qwen2", "mistral")
+    kv = n_kv_heads if n_kv_heads is not None else (max(1, n_heads // 2) if rotary else n_heads)
     spec = dict(arch=arch, n_layers=n_layers, d_model=d_model, n_heads=n_heads, n_kv_heads=kv, n_ctx=n_ctx, seed=seed)
 
     def build() -> tuple[Any, Any]:

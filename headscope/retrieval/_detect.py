@@ -18,6 +18,16 @@ there to equal the gold token, so a hit is a token the model would really have c
 generation mode; ``False`` credits a head that points at the right needle token even where the
 model would have said something else. A sample counts when ``success(sample, text)`` holds for
 the text of the model's argmax predictions at the answer positions.
+
+``score="mass"`` reads the same rows for the other common retrieval score: the attention weight
+each head puts on the needle (summed over its tokens), averaged over the scored rows of a sample
+(every answer row, teacher-forced; every decoding step, generation), then over counted samples.
+
+``attention`` picks the route (:mod:`headscope.retrieval._routes`): ``"fused"`` runs sdpa and
+computes only the scored rows, never a ``[query, key]`` matrix (bridges of Llama, Mistral and
+Qwen2/3 decoders); ``"eager"`` reads TransformerLens's full patterns; ``"auto"`` (default) takes
+fused wherever it is available. Both routes give equal hit counts: they read rows with one
+function and one tie rule (the earliest key among equal maximal weights).
 """
 
 from __future__ import annotations
@@ -26,22 +36,23 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from headscope.hooks import attached
 from headscope.models import model_info, tokenizer_of
-from headscope.retrieval._decode import greedy_steps
+from headscope.retrieval._fused import FusedRoute
 from headscope.retrieval._prepare import Prepared, prepare
 from headscope.retrieval._rouge import RougeRecall
-from headscope.retrieval._scores import RetrievalScores
-from headscope.retrieval._top1 import Top1Recorder, count_hits, needle_mask
+from headscope.retrieval._routes import Attention, EagerRoute, choose_route
+from headscope.retrieval._scores import RetrievalScores, Score
+from headscope.retrieval._top1 import count_hits, needle_mask
 from headscope.tasks import Sample
 
 __all__ = ["Mode", "detect_retrieval_heads"]
 
 Mode = Literal["teacher_forced", "generation"]
+Route = EagerRoute | FusedRoute
 Success = Callable[[Sample, str], bool]
 
 
@@ -50,6 +61,8 @@ def detect_retrieval_heads(
     samples: Sequence[Sample],
     *,
     mode: Mode = "teacher_forced",
+    score: Score = "copy",
+    attention: Attention = "auto",
     needle_label: str = "needle",
     require_prediction: bool = True,
     max_new_tokens: int = 50,
@@ -64,6 +77,10 @@ def detect_retrieval_heads(
     **Arguments:**
     - ``mode``: ``"teacher_forced"`` (one forward per sample over prompt + gold answer) or
       ``"generation"`` (Wu et al.'s greedy decoding with a KV cache).
+    - ``score``: ``"copy"`` (Wu et al.'s copy-paste hits / needle length) or ``"mass"`` (mean
+      attention mass on the needle at the scored rows).
+    - ``attention``: ``"auto"`` (fused where available), ``"fused"`` (raise if unavailable) or
+      ``"eager"``; see the module docstring.
     - ``needle_label``: the span label to copy from; ``"answer"`` scores gold-answer
       occurrences in the context (the seed paper's QA setting). Several spans are united.
     - ``require_prediction``: teacher-forced only; a hit also needs the model's argmax to be
@@ -78,9 +95,9 @@ def detect_retrieval_heads(
       batched decoding step is no cheaper per token), as Wu et al. do.
 
     **Cost:** one forward per sample (teacher-forced) or per produced token (generation, with a
-    KV cache). TransformerLens builds each layer's attention pattern in a plain forward too;
-    a hook on ``hook_pattern`` keeps only the top-1 key of the scored query rows, so no pattern
-    outlives its layer.
+    KV cache). On the eager route TransformerLens builds each layer's attention pattern, as in a
+    plain forward; a hook on ``hook_pattern`` keeps only the scored query rows, so no pattern
+    outlives its layer. The fused route costs about one Hugging Face sdpa forward.
 
     **Returns:** :class:`RetrievalScores` (hit sums and counts; merge shards with ``+``).
 
@@ -96,6 +113,8 @@ def detect_retrieval_heads(
     """
     if mode not in ("teacher_forced", "generation"):
         raise ValueError(f"mode must be 'teacher_forced' or 'generation'; got {mode!r}")
+    if score not in ("copy", "mass"):
+        raise ValueError(f"score must be 'copy' or 'mass'; got {score!r}")
     if batch_size < 1 or max_new_tokens < 1:
         raise ValueError(f"batch_size and max_new_tokens must be >= 1; got {batch_size} and {max_new_tokens}")
     info = model_info(model)
@@ -106,45 +125,45 @@ def detect_retrieval_heads(
         samples, tokenizer, info, needle_label=needle_label, extra_tokens=max_new_tokens - 1 if generation else None
     )
     settings: dict[str, Any] = {"needle_label": needle_label, "success": _describe(success)}
-    recorder = Top1Recorder(info.n_layers)
+    route = choose_route(model, attention, info.n_layers)
+    mass = score == "mass"
     if generation:
         stops = set(stop_ids) if stop_ids is not None else {tokenizer.eos_token_id} - {None}
         settings.update(max_new_tokens=max_new_tokens, stop_ids=sorted(stops))
-        scored = _generation(model, recorder, prepared, max_new_tokens=max_new_tokens, stop_ids=stops)
+        scored = _generation(route, prepared, mass=mass, max_new_tokens=max_new_tokens, stop_ids=stops)
     else:
         settings.update(require_prediction=require_prediction)
         scored = _teacher_forced(
-            model, recorder, prepared, require_prediction=require_prediction, batch_size=batch_size
+            route, prepared, mass=mass, require_prediction=require_prediction, batch_size=batch_size
         )
 
     hit_sums = torch.zeros(info.shape, dtype=torch.float64)
     per_sample: list[Tensor] = []
     n_counted = 0
     bar = tqdm(total=len(prepared), desc=f"retrieval heads ({mode})", disable=not progress, unit="sample")
-    with torch.no_grad(), attached(model, recorder.hooks()), bar:
-        for item, hits, output_ids in scored:
+    with torch.no_grad(), route.session(), bar:
+        for item, value, output_ids in scored:
             bar.update(1)
             if not success(item.sample, tokenizer.decode(output_ids.tolist())):
                 continue
-            score = hits.to(torch.float64).cpu() / item.needle_len
-            hit_sums += score
+            hit_sums += value
             n_counted += 1
             if keep_per_sample:
-                per_sample.append(score)
+                per_sample.append(value)
     per = torch.stack(per_sample) if per_sample else torch.zeros(0, *info.shape, dtype=torch.float64)
     return RetrievalScores(
-        hit_sums, n_counted, len(prepared), info.name, mode, settings, per if keep_per_sample else None
+        hit_sums, n_counted, len(prepared), info.name, mode, settings, per if keep_per_sample else None, score
     )
 
 
-Scored = Iterator[tuple[Prepared, Int[Tensor, "layer head"], Int[Tensor, " answer"]]]
+Scored = Iterator[tuple[Prepared, Float[Tensor, "layer head"], Int[Tensor, " answer"]]]
 
 
 def _teacher_forced(
-    model: Any, recorder: Top1Recorder, prepared: list[Prepared], *, require_prediction: bool, batch_size: int
+    route: Route, prepared: list[Prepared], *, mass: bool, require_prediction: bool, batch_size: int
 ) -> Scored:
     """Batches of right-padded prompt + answer[:-1]; scored rows are those predicting answer tokens."""
-    device = next(model.parameters()).device
+    device = route.device
     for first in range(0, len(prepared), batch_size):
         batch = prepared[first : first + batch_size]
         seqs = [torch.cat([p.input_ids, p.answer_ids[:-1]]) for p in batch]
@@ -158,38 +177,42 @@ def _teacher_forced(
             # Row of the token before answer token t; short answers repeat their last row.
             rows[b] = p.input_ids.numel() - 1 + torch.arange(n_rows).clamp(max=p.answer_ids.numel() - 1)
         tokens, rows = tokens.to(device), rows.to(device)
-        recorder.rows = rows
-        # The mask changes nothing for right padding under causal attention, but without one a
-        # HookedTransformer whose tokenizer pads on the left masks every token equal to the pad id.
-        logits = model(tokens, attention_mask=attention_mask.to(device))
-        top1 = recorder.take()
-        predicted = logits[torch.arange(len(batch), device=device)[:, None], rows].argmax(-1)
+        needles = torch.stack([needle_mask(tokens.shape[1], p.spans, device) for p in batch]) if mass else None
+        logits, reads = route.forward(tokens, rows, needles, attention_mask.to(device))
+        predicted = logits.argmax(-1)
         del logits
         for b, (p, seq) in enumerate(zip(batch, seqs, strict=True)):
             n = p.answer_ids.numel()
+            if mass:
+                yield p, reads.mass[:, b, :, :n].to(torch.float64).mean(-1).cpu(), predicted[b, :n]  # type: ignore[index]
+                continue
             gold = p.answer_ids.to(device)
             valid = predicted[b, :n] == gold if require_prediction else torch.ones(n, dtype=torch.bool, device=device)
             mask = needle_mask(seq.numel(), p.spans, device)
-            yield p, count_hits(top1[:, b, :, :n], seq.to(device), mask, gold, valid), predicted[b, :n]
+            hits = count_hits(reads.top1[:, b, :, :n], seq.to(device), mask, gold, valid)
+            yield p, hits.to(torch.float64).cpu() / p.needle_len, predicted[b, :n]
 
 
 def _generation(
-    model: Any, recorder: Top1Recorder, prepared: list[Prepared], *, max_new_tokens: int, stop_ids: Collection[int]
+    route: Route, prepared: list[Prepared], *, mass: bool, max_new_tokens: int, stop_ids: Collection[int]
 ) -> Scored:
     """Greedy decoding per sample; every step's last query row is scored against the produced token."""
-    device = next(model.parameters()).device
-    recorder.rows = None
     for p in prepared:
+        needles = needle_mask(p.input_ids.numel(), p.spans, route.device)[None] if mass else None
         produced: list[int] = []
         steps: list[Tensor] = []
-        for token in greedy_steps(model, p.input_ids, max_new_tokens=max_new_tokens, stop_ids=stop_ids):
+        for token, reads in route.steps(p.input_ids, needles, max_new_tokens=max_new_tokens, stop_ids=stop_ids):
             produced.append(token)
-            steps.append(recorder.take()[:, 0, :, 0])  # [layer, head]
-        out = torch.tensor(produced, device=device)
-        seq = torch.cat([p.input_ids.to(device), out[:-1]])
-        mask = needle_mask(seq.numel(), p.spans, device)
-        valid = torch.ones(len(produced), dtype=torch.bool, device=device)
-        yield p, count_hits(torch.stack(steps, dim=-1), seq, mask, out, valid), out
+            steps.append((reads.mass if mass else reads.top1)[:, 0, :, 0])  # type: ignore[index]  # [layer, head]
+        out = torch.tensor(produced)
+        read = torch.stack(steps, dim=-1).cpu()
+        if mass:
+            yield p, read.to(torch.float64).mean(-1), out
+            continue
+        seq = torch.cat([p.input_ids.cpu(), out[:-1]])
+        mask = needle_mask(seq.numel(), p.spans, torch.device("cpu"))
+        valid = torch.ones(len(produced), dtype=torch.bool)
+        yield p, count_hits(read, seq, mask, out, valid).to(torch.float64) / p.needle_len, out
 
 
 def _describe(success: Success) -> str:

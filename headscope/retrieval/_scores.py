@@ -4,6 +4,9 @@ A head's retrieval score is the mean, over the samples the model answered, of th
 copy hits divided by its needle length (Wu et al. 2024). Storing the float hit sums and the
 count of answered samples (not the means) makes results from separate runs, shards or machines
 combine by plain addition: ``a + b`` or ``RetrievalScores.merge([...])``.
+
+``score`` names what the sums hold: ``"copy"`` (the copy-paste hits above) or ``"mass"`` (each
+sample's mean attention mass on the needle at the scored rows); only equal scores merge.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import reduce
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
@@ -22,7 +25,10 @@ from torch import Tensor
 from headscope.errors import ModelMismatchError
 from headscope.heads import Head, parse_head
 
-__all__ = ["RETRIEVAL_THRESHOLD", "RetrievalScores"]
+__all__ = ["RETRIEVAL_THRESHOLD", "RetrievalScores", "Score"]
+
+#: ``"copy"``: Wu et al.'s copy-paste hits per needle token; ``"mass"``: attention mass on the needle.
+Score = Literal["copy", "mass"]
 
 #: Wu et al.'s cut: heads scoring above 0.1 are retrieval heads.
 RETRIEVAL_THRESHOLD = 0.1
@@ -33,7 +39,8 @@ _FORMAT = "headscope.RetrievalScores"
 class RetrievalScores:
     """Retrieval scores of every head of one model, from one detection run or several merged.
 
-    ``hit_sums[l, h]`` adds up, over counted samples, hits / needle length; ``n_counted`` is the
+    ``hit_sums[l, h]`` adds up, over counted samples, hits / needle length (``score="copy"``) or
+    the mean needle mass at the scored rows (``score="mass"``); ``n_counted`` is the
     number of samples the model answered (the others are seen, ``n_samples``, but not scored);
     ``per_sample`` (optional) holds each counted sample's scores in order. ``mode`` and
     ``settings`` record how the scores were computed; only results with equal ones merge.
@@ -53,8 +60,11 @@ class RetrievalScores:
     mode: str
     settings: Mapping[str, Any] = field(default_factory=dict)
     per_sample: Float[Tensor, "sample layer head"] | None = None
+    score: Score = "copy"
 
     def __post_init__(self) -> None:
+        if self.score not in ("copy", "mass"):
+            raise ValueError(f"score must be 'copy' or 'mass'; got {self.score!r}")
         sums = torch.as_tensor(self.hit_sums, dtype=torch.float64).detach().cpu()
         if sums.ndim != 2:
             raise ValueError(f"hit_sums must be a [layer, head] grid; got shape {tuple(sums.shape)}")
@@ -104,11 +114,11 @@ class RetrievalScores:
     def __add__(self, other: RetrievalScores) -> RetrievalScores:
         if not isinstance(other, RetrievalScores):
             return NotImplemented
-        mine = (self.model, self.mode, self.shape, self.settings)
-        theirs = (other.model, other.mode, other.shape, other.settings)
+        mine = (self.model, self.mode, self.score, self.shape, self.settings)
+        theirs = (other.model, other.mode, other.score, other.shape, other.settings)
         if mine != theirs:
             raise ModelMismatchError(
-                f"only scores of the same model, mode, shape and settings merge; got {mine} and {theirs}"
+                f"only scores of the same model, mode, score, shape and settings merge; got {mine} and {theirs}"
             )
         per = None
         if self.per_sample is not None and other.per_sample is not None:
@@ -121,6 +131,7 @@ class RetrievalScores:
             self.mode,
             self.settings,
             per,
+            self.score,
         )
 
     @classmethod
@@ -141,8 +152,8 @@ class RetrievalScores:
         )
         return (
             torch.equal(self.hit_sums, other.hit_sums)
-            and (self.n_counted, self.n_samples, self.model, self.mode, self.settings)
-            == (other.n_counted, other.n_samples, other.model, other.mode, other.settings)
+            and (self.n_counted, self.n_samples, self.model, self.mode, self.score, self.settings)
+            == (other.n_counted, other.n_samples, other.model, other.mode, other.score, other.settings)
             and same_per
         )
 
@@ -151,7 +162,7 @@ class RetrievalScores:
     def __repr__(self) -> str:
         best = ", ".join(f"L{layer}H{head}={score:.3f}" for (layer, head), score in self.top(3))
         return (
-            f"RetrievalScores({self.model}, {self.mode}, {self.shape[0]}x{self.shape[1]} heads, "
+            f"RetrievalScores({self.model}, {self.mode}, {self.score}, {self.shape[0]}x{self.shape[1]} heads, "
             f"{self.n_counted}/{self.n_samples} samples counted, top: {best or 'none'})"
         )
 
@@ -180,8 +191,8 @@ class RetrievalScores:
         counts = torch.full(self.shape, self.n_counted).numpy()
         return head_map(
             self.scores,
-            title=title or f"retrieval scores: {self.model} ({self.mode}, {self.n_counted} samples)",
-            value_name="retrieval score",
+            title=title or f"retrieval scores: {self.model} ({self.mode}, {self.score}, {self.n_counted} samples)",
+            value_name="retrieval score" if self.score == "copy" else "needle attention mass",
             extra={"n samples": counts},
         )
 
@@ -191,6 +202,7 @@ class RetrievalScores:
             "version": 1,
             "model": self.model,
             "mode": self.mode,
+            "score": self.score,
             "settings": self.settings,
             "n_counted": self.n_counted,
             "n_samples": self.n_samples,
@@ -214,6 +226,7 @@ class RetrievalScores:
             data["mode"],
             data["settings"],
             None if per is None else torch.tensor(per, dtype=torch.float64).reshape(len(per), *shape),
+            data.get("score", "copy"),  # files written before scores had names hold copy scores
         )
 
     def save(self, path: str | Path) -> Path:

@@ -1,14 +1,21 @@
-"""Where each head looks: top-1 key positions of chosen query rows, read inside ``hook_pattern``.
+"""Where each head looks: top-1 key and needle mass of chosen query rows, read inside ``hook_pattern``.
 
 The recorder never keeps an attention pattern. A hook on every layer's ``hook_pattern`` takes
-the few query rows that matter, their argmax over keys, and drops the pattern, so detection
-holds one layer's pattern at a time, as a plain forward does. Reading works on every model kind,
-including bridges that ignore pattern *edits*: only reading is needed here.
+the few query rows that matter, reads them with :func:`read_rows`, and drops the pattern, so
+detection holds one layer's pattern at a time, as a plain forward does. Reading works on every
+model kind, including bridges that ignore pattern *edits*: only reading is needed here. The fused
+route (:mod:`headscope.retrieval._fused`) computes the same rows from post-rotary queries and
+keys and reads them with the same :func:`read_rows`.
+
+**Tie rule** (both routes): a row's top-1 key is the *earliest* key among those holding the row's
+largest attention weight, the weight being the softmax in float32 cast back to the model's dtype,
+as TransformerLens and Hugging Face compute it. ``torch.argmax`` returns the first maximal index.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,7 +24,7 @@ from torch import Tensor
 
 from headscope.hooks import HookFn, attn_hook
 
-__all__ = ["Top1Recorder", "count_hits", "needle_mask", "top1_rows"]
+__all__ = ["RowReads", "Top1Recorder", "count_hits", "fit_needles", "needle_mask", "read_rows", "top1_rows"]
 
 
 def top1_rows(
@@ -27,40 +34,85 @@ def top1_rows(
 
     Ties go to the earliest key (``torch.argmax``'s rule).
     """
+    return read_rows(pick_rows(pattern, rows), None).top1
+
+
+def pick_rows(
+    pattern: Float[Tensor, "batch head query key"], rows: Int[Tensor, "batch row"] | None
+) -> Float[Tensor, "batch head row key"]:
+    """The query rows ``rows[b]`` of each batch item (the last row if ``None``)."""
     if rows is None:
-        return pattern[:, :, -1:].argmax(-1)
-    picked = pattern[torch.arange(pattern.shape[0], device=pattern.device)[:, None], :, rows]  # [batch row head key]
-    return picked.argmax(-1).transpose(1, 2)
+        return pattern[:, :, -1:]
+    return pattern[torch.arange(pattern.shape[0], device=pattern.device)[:, None], :, rows].transpose(1, 2)
+
+
+@dataclass(frozen=True)
+class RowReads:
+    """What detection reads from each scored row: the top-1 key and (optionally) the needle mass."""
+
+    top1: Int[Tensor, "*batch head row"]
+    mass: Float[Tensor, "*batch head row"] | None
+
+
+def read_rows(weights: Float[Tensor, "batch head row key"], needles: Bool[Tensor, "batch key"] | None) -> RowReads:
+    """Top-1 key of each row (earliest among equal maxima) and, given ``needles``, the weight on them (float32).
+
+    >>> w = torch.tensor([[[[0.2, 0.4, 0.4]]]])  # keys 1 and 2 tie
+    >>> reads = read_rows(w, torch.tensor([[False, False, True]]))
+    >>> reads.top1, reads.mass
+    (tensor([[[1]]]), tensor([[[0.4000]]]))
+    """
+    mass = None
+    if needles is not None:
+        mass = (weights.float() * fit_needles(needles, weights.shape[-1])[:, None, None, :]).sum(-1)
+    return RowReads(weights.argmax(-1), mass)
+
+
+def fit_needles(needles: Bool[Tensor, "batch pos"], n_keys: int) -> Bool[Tensor, "batch key"]:
+    """Needle masks cut or padded with ``False`` to ``n_keys`` keys (decoding steps add keys after the prompt)."""
+    if needles.shape[-1] >= n_keys:
+        return needles[:, :n_keys]
+    return torch.nn.functional.pad(needles, (0, n_keys - needles.shape[-1]), value=False)
 
 
 class Top1Recorder:
-    """Hooks that record :func:`top1_rows` per layer; :meth:`take` returns and clears them.
+    """Hooks that record :func:`read_rows` per layer; :meth:`take` returns and clears them.
 
     Set :attr:`rows` before each forward (``None`` reads the last query row, the one that
-    predicts the next token, which is all a KV-cached decoding step has).
+    predicts the next token, which is all a KV-cached decoding step has). Set :attr:`needles`
+    (``[batch, pos]``) to also record each row's attention mass on the needle.
     """
 
     def __init__(self, n_layers: int) -> None:
         self.n_layers = n_layers
         self.rows: Int[Tensor, "batch row"] | None = None
-        self._store: list[Tensor | None] = [None] * n_layers
+        self.needles: Bool[Tensor, "batch pos"] | None = None
+        self._store: list[RowReads | None] = [None] * n_layers
 
     def hooks(self) -> list[tuple[str, HookFn]]:
         return [(attn_hook(layer, "pattern"), self._recorder(layer)) for layer in range(self.n_layers)]
 
     def _recorder(self, layer: int) -> HookFn:
-        def record_top1(pattern: Tensor, hook: Any) -> None:
-            self._store[layer] = top1_rows(pattern.detach(), self.rows)
+        def record_rows(pattern: Tensor, hook: Any) -> None:
+            self._store[layer] = read_rows(pick_rows(pattern.detach(), self.rows), self.needles)
 
-        return record_top1
+        return record_rows
 
-    def take(self) -> Int[Tensor, "layer batch head row"]:
-        missing = [layer for layer, top in enumerate(self._store) if top is None]
-        if missing:
-            raise RuntimeError(f"hook_pattern did not fire on layers {missing}; cannot read their attention")
-        out = torch.stack(self._store)  # type: ignore[arg-type]
-        self._store = [None] * self.n_layers
-        return out
+    def take(self) -> RowReads:
+        """Every layer's reads, stacked as ``[layer, batch, head, row]``, and clear them."""
+        return take_reads(self._store, "hook_pattern did not fire")
+
+
+def take_reads(store: list[RowReads | None], why: str) -> RowReads:
+    """Stack per-layer reads as ``[layer, batch, head, row]`` and empty ``store``."""
+    missing = [layer for layer, reads in enumerate(store) if reads is None]
+    if missing:
+        raise RuntimeError(f"{why} on layers {missing}; cannot read their attention")
+    reads: list[RowReads] = list(store)  # type: ignore[arg-type]
+    store[:] = [None] * len(store)
+    masses = [r.mass for r in reads]
+    mass = None if any(m is None for m in masses) else torch.stack(masses)  # type: ignore[arg-type]
+    return RowReads(torch.stack([r.top1 for r in reads]), mass)
 
 
 def count_hits(

@@ -1,0 +1,125 @@
+"""A Hugging Face twin of a ``TransformerBridge``: the same parameter tensors, HF's own attention code.
+
+The fused attention route runs attention through ``scaled_dot_product_attention`` and computes
+only the few query rows an analysis reads. Two ways were open (issue 13):
+
+1. temporarily replace the forward of the bridge's attention components, or
+2. call a plain HF model that shares the bridge's parameters and pick the attention function
+   through transformers' ``AttentionInterface``.
+
+headscope takes the second. The bridge's attention forward (``PositionEmbeddingsAttentionBridge``
+in TransformerLens 4.3) is a long per-architecture reimplementation (q/k norms, clamps, partial
+rotary, sinks, caches) that differs between TransformerLens 3.9 and 4.3; replacing it would mean
+copying it, version by version. HF's attention modules instead hand every attention function the
+final post-rotary ``query [batch, head, query, d_head]`` and ``key/value [batch, kv_head, key,
+d_head]``, identically for Llama, Mistral and Qwen2/3, so one small function covers them all and
+HF's own cache serves generation. The twin is built on the meta device and then given the
+bridge's tensors themselves (``assign``), so it costs no parameter memory and always sees the
+bridge's current weights; it is built per call and dropped afterwards.
+
+What the twin does not do is fire the bridge's hooks. :func:`user_hooks` lists hooks a user has
+attached, so callers can refuse the fused route rather than skip them silently.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from headscope.errors import ModelError
+from headscope.models._kinds import model_kind
+
+__all__ = ["FUSED_ARCHITECTURES", "fused_unsupported", "hf_twin", "user_hooks"]
+
+#: HF ``model_type``s whose attention goes through ``AttentionInterface`` with a plain causal mask
+#: and whose bridge computes the same attention (no softcap, sinks or sliding windows).
+FUSED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def fused_unsupported(model: Any) -> str | None:
+    """Why ``model`` cannot take the fused route, or ``None`` when it can.
+
+    >>> from headscope import load_model
+    >>> fused_unsupported(load_model("tiny-llama")) is None
+    True
+    >>> fused_unsupported(load_model("tiny-gpt2"))
+    "the fused route supports HF model types ('llama', 'mistral', 'qwen2', 'qwen3'); this bridge wraps 'gpt2'"
+    """
+    if model_kind(model) == "hooked":
+        return (
+            "HookedTransformer always computes attention eagerly in TransformerLens code; the fused route needs a "
+            "TransformerBridge (headscope.load_model(name, kind='bridge'))"
+        )
+    if getattr(model, "compatibility_mode", False):
+        return (
+            "a bridge in compatibility mode runs processed (folded, centred) weights that a Hugging Face model "
+            "cannot reproduce exactly; boot it without compatibility_mode for the fused route"
+        )
+    config = model.original_model.config
+    if config.model_type not in FUSED_ARCHITECTURES:
+        return f"the fused route supports HF model types {FUSED_ARCHITECTURES}; this bridge wraps {config.model_type!r}"
+    if _sliding_window(config) is not None:
+        return f"{config.model_type} uses sliding-window attention ({_sliding_window(config)} tokens)"
+    if getattr(config, "attn_logit_softcapping", None) is not None:
+        return "attention logit soft-capping is not supported by the fused route"
+    return None
+
+
+def _sliding_window(config: Any) -> int | None:
+    if config.model_type == "qwen2" and not getattr(config, "use_sliding_window", False):
+        return None
+    if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
+        return getattr(config, "sliding_window", None) or -1
+    return getattr(config, "sliding_window", None) if config.model_type == "mistral" else None
+
+
+def user_hooks(model: Any) -> list[str]:
+    """Names of the model's hook points that have hooks attached right now."""
+    return [
+        name
+        for name, point in model.hook_dict.items()
+        if getattr(point, "fwd_hooks", None) or getattr(point, "bwd_hooks", None) or point._forward_hooks
+    ]
+
+
+def hf_twin(model: Any, attn_implementation: str) -> Any:
+    """A Hugging Face ``*ForCausalLM`` that shares every parameter and buffer tensor of ``model``.
+
+    ``attn_implementation`` names a function registered in ``AttentionInterface``. The config is
+    copied, so the bridge's own config is left alone.
+
+    >>> from headscope import load_model
+    >>> bridge = load_model("tiny-llama")
+    >>> twin = hf_twin(bridge, "sdpa")
+    >>> twin.model.embed_tokens.weight is bridge.original_model.model.embed_tokens.weight
+    True
+    """
+    reason = fused_unsupported(model)
+    if reason is not None:
+        raise ModelError(f"cannot build a Hugging Face twin of this model: {reason}")
+    original = model.original_model
+    config = copy.deepcopy(original.config)
+    with torch.device("meta"):
+        twin = type(original)(config)
+    sources = [*original.named_parameters(remove_duplicate=False), *original.named_buffers(remove_duplicate=False)]
+    for name, tensor in sources:
+        path, _, attr = name.replace("._original_component", "").rpartition(".")
+        try:
+            owner = twin.get_submodule(path)
+        except AttributeError:
+            continue  # a bridge alias (e.g. ``mlp.out`` for ``down_proj``) with no HF counterpart
+        # Only slots the HF module really has: TransformerLens adds e.g. a zero ``lm_head`` bias buffer.
+        if owner._parameters.get(attr) is not None:
+            owner._parameters[attr] = tensor
+        elif owner._buffers.get(attr) is not None:
+            owner._buffers[attr] = tensor
+    left = [n for n, t in (*twin.named_parameters(), *twin.named_buffers()) if t.is_meta]
+    if left:
+        raise ModelError(
+            f"the bridge holds no tensor for {', '.join(left[:5])} of its {type(original).__name__}; "
+            "the fused route cannot rebuild this model: use attention='eager'"
+        )
+    twin.set_attn_implementation(attn_implementation)
+    return twin.eval()

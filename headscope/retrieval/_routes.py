@@ -1,0 +1,96 @@
+"""Which attention route detection takes: ``attention="fused" | "eager" | "auto"``.
+
+- ``"eager"``: the model's own forward; TransformerLens builds each layer's full pattern and a
+  ``hook_pattern`` hook reads the scored rows (:class:`EagerRoute`). Works on every model kind.
+- ``"fused"``: sdpa attention in a Hugging Face twin of a bridge, computing only the scored rows
+  (:class:`~headscope.retrieval._fused.FusedRoute`). Bridges of Llama, Mistral and Qwen2/3
+  decoders without compatibility mode, and with no user hooks attached (the twin fires none of
+  the bridge's hooks, and a user's hook is never skipped silently).
+- ``"auto"``: fused wherever it is available, eager otherwise. HookedTransformer and
+  compatibility-mode bridges always stay eager.
+
+Both routes read rows with the same function and tie rule, so hit counts are equal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator
+from contextlib import AbstractContextManager
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from headscope.errors import ModelError
+from headscope.hooks import attached
+from headscope.models._fused import fused_unsupported, user_hooks
+from headscope.retrieval._decode import greedy_steps
+from headscope.retrieval._fused import FusedRoute
+from headscope.retrieval._top1 import RowReads, Top1Recorder
+
+__all__ = ["Attention", "EagerRoute", "choose_route"]
+
+Attention = Literal["fused", "eager", "auto"]
+
+
+class EagerRoute:
+    """Detection forwards through ``model`` itself, reading rows in ``hook_pattern``.
+
+    Use :meth:`session` around the forwards: it attaches the hooks and removes them after.
+    """
+
+    def __init__(self, model: Any, n_layers: int) -> None:
+        self.model = model
+        self.recorder = Top1Recorder(n_layers)
+        self.device = next(model.parameters()).device
+
+    def session(self) -> AbstractContextManager[None]:
+        return attached(self.model, self.recorder.hooks())
+
+    def forward(
+        self,
+        tokens: Int[Tensor, "batch pos"],
+        rows: Int[Tensor, "batch row"],
+        needles: Bool[Tensor, "batch pos"] | None,
+        attention_mask: Int[Tensor, "batch pos"],
+    ) -> tuple[Float[Tensor, "batch row vocab"], RowReads]:
+        """Logits and reads of the rows ``rows[b]``."""
+        self.recorder.rows, self.recorder.needles = rows, needles
+        # The mask changes nothing for right padding under causal attention, but without one a
+        # HookedTransformer whose tokenizer pads on the left masks every token equal to the pad id.
+        logits = self.model(tokens, attention_mask=attention_mask)
+        return logits[torch.arange(rows.shape[0], device=rows.device)[:, None], rows], self.recorder.take()
+
+    def steps(
+        self,
+        prompt: Int[Tensor, " pos"],
+        needles: Bool[Tensor, "1 pos"] | None,
+        *,
+        max_new_tokens: int,
+        stop_ids: Collection[int],
+    ) -> Iterator[tuple[int, RowReads]]:
+        """Greedy decoding with the model's KV cache; each token comes with the reads of its row."""
+        self.recorder.rows, self.recorder.needles = None, needles
+        for token in greedy_steps(self.model, prompt, max_new_tokens=max_new_tokens, stop_ids=stop_ids):
+            yield token, self.recorder.take()
+
+
+def choose_route(model: Any, attention: Attention, n_layers: int) -> EagerRoute | FusedRoute:
+    """The route ``attention`` asks for; ``"fused"`` raises :class:`ModelError` saying why it cannot run."""
+    if attention not in ("fused", "eager", "auto"):
+        raise ValueError(f"attention must be 'fused', 'eager' or 'auto'; got {attention!r}")
+    if attention == "eager":
+        return EagerRoute(model, n_layers)
+    reason = fused_unsupported(model)
+    if reason is None and user_hooks(model):
+        hooked = user_hooks(model)
+        reason = (
+            f"hooks are attached to {', '.join(hooked[:3])}{' ...' if len(hooked) > 3 else ''}, and the fused route "
+            "fires none of the bridge's hooks"
+        )
+    if reason is None:
+        return FusedRoute(model)
+    if attention == "fused":
+        raise ModelError(f"attention='fused' cannot run on this model: {reason}. Use attention='eager' (or 'auto').")
+    return EagerRoute(model, n_layers)
