@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from headscope.cli import build_parser, main
+from headscope.cli import MAIN_LENGTHS, build_parser, main
 from headscope.retrieval import RetrievalScores
 
 
@@ -66,6 +66,16 @@ def test_every_option_has_help():
     for name, sub in subparsers.items():
         for action in sub._actions:
             assert action.help, f"headscope {name} {action.option_strings or action.dest} has no help"
+
+
+def test_main_defaults_are_wu_et_al_setting_on_the_fused_route():
+    """headscope main: generation, fused attention, whole-sentence answers, lengths up to SmolLM2's 8k, five depths."""
+    main_args, detect_args = build_parser().parse_args(["main"]), build_parser().parse_args(["detect"])
+    assert (main_args.mode, main_args.attention, main_args.answer) == ("generation", "fused", "sentence")
+    assert main_args.lengths == list(MAIN_LENGTHS) and max(main_args.lengths) <= 8192 - 192
+    assert main_args.depths == [0, 25, 50, 75, 100] and main_args.out == "headscope-results/main"
+    assert (detect_args.mode, detect_args.attention, detect_args.answer) == ("teacher_forced", "auto", "value")
+    assert detect_args.lengths == [500, 1000] and detect_args.depths == [0, 50, 100]
 
 
 @pytest.mark.smollm2
@@ -174,3 +184,23 @@ def test_every_error_is_one_line_with_exit_code_2(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_compare", fail)
     assert main(["compare", "a.json", "b.json"]) == 2
     assert capsys.readouterr().err == "headscope: error: first line second line\n"
+
+
+@pytest.mark.smollm2
+def test_main_on_a_small_grid_copies_needle_sentences_on_the_fused_route(smollm2, tmp_path, capsys):
+    """The main job's code path (its defaults, a smaller grid): sentence answers, ROUGE-counted, graded scores."""
+    out = tmp_path / "main"
+    assert main(["main", "--lengths", "600", "--depths", "0", "50", "100", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "3 needle samples, generation detection (fused)" in printed and "heads above 0.1" in printed
+    scores = RetrievalScores.load(out / "scores.json")
+    assert scores.mode == "generation" and scores.settings["success"] == "rouge1_recall > 0.5"
+    assert scores.n_counted >= 2, printed
+    outcomes = pd.read_csv(out / "outcomes.csv")
+    assert all(len(answer.split()) >= 5 for answer in outcomes["answer"])  # whole sentences, not values
+    assert outcomes["success"].sum() == scores.n_counted
+    # graded: a head that copies part of a sentence scores between 0 and 1
+    per_sample = scores.per_sample.flatten()
+    assert ((per_sample > 0) & (per_sample < 1)).any() and scores.top(1)[0][1] > 0.3, printed
+    html = (out / "report.html").read_text()
+    assert "Retrieval heads of smollm2-135m-instruct" in html and (out / "attention.json").is_file()

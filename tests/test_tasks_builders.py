@@ -103,6 +103,31 @@ def test_multiple_needles_ask_about_one_and_mark_the_others_as_distractors(tok):
     check_spans(sample, tok)
 
 
+@pytest.mark.parametrize("needle", KINDS)
+def test_sentence_answer_is_the_whole_needle_sentence_in_the_same_prompt(tokenizer, needle):
+    """answer="sentence" changes only the gold answer and its spans: same prompt, no lead-in."""
+    value = needle_sample(tokenizer, 300, 50, needle=needle, seed=4)
+    whole = needle_sample(tokenizer, 300, 50, needle=needle, seed=4, answer="sentence")
+    sentence = value.meta["needle_sentence"]
+    assert whole.prompt == value.prompt and whole.answer == " " + sentence
+    assert whole.text("needle") == [sentence] == whole.text("answer") and whole.meta["answers"] == [sentence]
+    assert value.answer.strip() in sentence and len(sentence) > len(value.answer.strip())
+    assert whole.lead_in == "" and value.lead_in and whole.meta["answer_kind"] == "sentence"
+    context = whole.prompt[: whole.prompt.index(QUESTION_MARK)]
+    assert context.count(sentence) == 1 and n_tokens(tokenizer, context) == 300
+    check_spans(whole, tokenizer)
+    enc = whole.encode(tokenizer)
+    ((start, end),) = enc.spans["needle"]
+    assert end - start > value.encode(tokenizer).answer_ids.numel()  # graded: many tokens to copy
+
+
+def test_sentence_answer_passes_through_the_grid_and_rejects_other_kinds(tokenizer):
+    grid = needle_grid(tokenizer, [200], [0, 100], answer="sentence", seed=2)
+    assert [s.answer.strip() for s in grid] == [s.meta["needle_sentence"] for s in grid]
+    with pytest.raises(TaskError, match="answer must be 'value' or 'sentence'; got 'phrase'"):
+        needle_grid(tokenizer, [200], [0], answer="phrase")
+
+
 def test_grid_cells_share_needle_and_haystack_across_lengths_and_depths(tokenizer):
     grid = needle_grid(tokenizer, [200, 300], [0, 50], n_samples=2, seed=9)
     by_index = {}

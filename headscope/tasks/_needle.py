@@ -7,12 +7,16 @@ depth 100 appends it at the end. With ``n_needles > 1`` the other needles share 
 relation with different subjects and values (distractors), at depths drawn once per sample.
 The same ``(seed, sample)`` gives the same needles and haystack in every cell of the grid, so
 cells differ only in length and depth.
+
+``answer="value"`` (default) asks for the needle's value (``" teal"``, after the lead-in "The
+favorite color of X is"); ``answer="sentence"`` asks for the whole needle sentence, copied, as
+Wu et al. do: the needle span is the sentence, and a head's copy score is graded over its tokens.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from headscope.errors import ContextLengthError, TaskError
 from headscope.tasks._documents import CorpusItem, HaystackKind, NeedleKind, WriteDocument, check_kinds, document_stream
@@ -20,7 +24,10 @@ from headscope.tasks._facts import Fact, make_facts
 from headscope.tasks._sample import ANSWER, NEEDLE, Sample, Span
 from headscope.tasks._text import PromptWriter, occurrences, rng_for, sentence_boundaries, sentence_start_before
 
-__all__ = ["NEEDLE_QUESTION", "needle_grid", "needle_sample"]
+__all__ = ["NEEDLE_QUESTION", "Answer", "needle_grid", "needle_sample"]
+
+#: What a needle sample asks the model to produce: the needle's value or its whole sentence.
+Answer = Literal["value", "sentence"]
 
 #: The question block after the context (Wu et al.'s wording, with "the text" for "the book").
 NEEDLE_QUESTION = "\n\nBased on the content of the text above, answer the question.\nQuestion: {question}\nAnswer:"
@@ -34,7 +41,7 @@ def _count(tokenizer: Any, text: str) -> int:
     return len(_ids(tokenizer, text)["input_ids"])
 
 
-def _check(length: int, depth: float, n_needles: int, n_ctx: int | None) -> None:
+def _check(length: int, depth: float, n_needles: int, n_ctx: int | None, answer: str) -> None:
     problems = []
     if not isinstance(length, int) or length < 1:
         problems.append(f"length must be a positive number of tokens; got {length!r}")
@@ -42,6 +49,8 @@ def _check(length: int, depth: float, n_needles: int, n_ctx: int | None) -> None
         problems.append(f"depth must be a percentage in [0, 100]; got {depth!r}")
     if n_needles < 1:
         problems.append(f"n_needles must be at least 1; got {n_needles}")
+    if answer not in ("value", "sentence"):
+        problems.append(f"answer must be 'value' or 'sentence'; got {answer!r}")
     if problems:
         raise TaskError("; ".join(problems))
     if n_ctx is not None and length > n_ctx:
@@ -134,6 +143,7 @@ def needle_sample(
     needle: NeedleKind = "natural",
     haystack: HaystackKind = "diverse",
     n_needles: int = 1,
+    answer: Answer = "value",
     seed: int = 0,
     index: int = 0,
     corpus: Sequence[CorpusItem] | None = None,
@@ -143,10 +153,12 @@ def needle_sample(
     """One needle-in-a-haystack sample whose context is exactly ``length`` tokens of ``tokenizer``.
 
     ``depth`` is a percentage (0 = start, 100 = end). ``index`` picks the sample within a seed.
-    Spans: ``"needle"`` is the answer inside the needle sentence, ``"answer"`` every occurrence
-    of the answer in the context, ``"distractor"`` the values of the other needles. ``lead_in`` is
-    the needle sentence up to the answer, which :meth:`Sample.with_chat_template` writes at the
-    start of the assistant's turn.
+    ``answer`` is what the gold answer is: ``"value"`` (the needle's value) or ``"sentence"`` (the
+    whole needle sentence). Spans: ``"needle"`` is the answer inside the context (the value, or
+    the whole sentence), ``"answer"`` every occurrence of the answer in the context,
+    ``"distractor"`` the values of the other needles. ``lead_in`` is the needle sentence up to the
+    value, which :meth:`Sample.with_chat_template` writes at the start of the assistant's turn;
+    a sentence answer has none (the model writes the sentence from its start).
     ``n_ctx`` (a model's context window) raises :class:`~headscope.ContextLengthError` when the
     whole prompt, BOS included, would not fit.
 
@@ -157,9 +169,12 @@ def needle_sample(
     200
     >>> s.text("needle") == [s.answer.strip()]
     True
+    >>> whole = needle_sample(tok, 200, 50, needle="templated", seed=1, answer="sentence")
+    >>> whole.text("needle") == [whole.answer.strip()] == [whole.meta["needle_sentence"]], whole.lead_in
+    (True, '')
     """
     check_kinds(needle, haystack)
-    _check(length, depth, n_needles, n_ctx)
+    _check(length, depth, n_needles, n_ctx, answer)
     rng = rng_for(seed, "needle", index)
     facts = make_facts(rng, needle, n_needles, same_relation=True)
     depths = [float(depth)] + [float(rng.randint(0, 100)) for _ in facts[1:]]
@@ -179,8 +194,9 @@ def needle_sample(
     context, starts = _fit_dropping_sentences(tokenizer, stream, list(zip(depths, facts, strict=True)), length)
     target = facts[0]
     prompt = context + NEEDLE_QUESTION.format(question=target.question)
-    spans = [Span(NEEDLE, starts[0] + target.value_start, starts[0] + target.value_end)]
-    spans += [Span(ANSWER, a, b) for a, b in occurrences(context, target.value)]
+    gold, start = (target.value, target.value_start) if answer == "value" else (target.sentence, 0)
+    spans = [Span(NEEDLE, starts[0] + start, starts[0] + start + len(gold))]
+    spans += [Span(ANSWER, a, b) for a, b in occurrences(context, gold)]
     spans += [
         Span("distractor", s + f.value_start, s + f.value_end) for s, f in zip(starts[1:], facts[1:], strict=True)
     ]
@@ -190,7 +206,8 @@ def needle_sample(
             f"use a shorter length"
         )
     meta = {
-        "answers": [target.value],
+        "answers": [gold],
+        "answer_kind": answer,
         "question": target.question,
         "needle_sentence": target.sentence,
         "length": length,
@@ -201,7 +218,8 @@ def needle_sample(
         "seed": seed,
         "index": index,
     }
-    return Sample(prompt, " " + target.value, tuple(spans), task="needle", meta=meta, lead_in=target.lead_in)
+    lead_in = target.lead_in if answer == "value" else ""
+    return Sample(prompt, " " + gold, tuple(spans), task="needle", meta=meta, lead_in=lead_in)
 
 
 def needle_grid(
@@ -212,6 +230,7 @@ def needle_grid(
     needle: NeedleKind = "natural",
     haystack: HaystackKind = "diverse",
     n_needles: int = 1,
+    answer: Answer = "value",
     n_samples: int = 1,
     seed: int = 0,
     corpus: Sequence[CorpusItem] | None = None,
@@ -231,7 +250,7 @@ def needle_grid(
     lengths = [int(n) for n in lengths]
     for length in lengths:
         for depth in depths:
-            _check(length, depth, n_needles, n_ctx)
+            _check(length, depth, n_needles, n_ctx, answer)
     return [
         needle_sample(
             tokenizer,
@@ -240,6 +259,7 @@ def needle_grid(
             needle=needle,
             haystack=haystack,
             n_needles=n_needles,
+            answer=answer,
             seed=seed,
             index=i,
             corpus=corpus,
