@@ -2,7 +2,10 @@
 
 Wu et al. keep a sample only when the ROUGE-1 recall of the needle in the generated text is
 above 50%. :class:`RougeRecall` is that rule over :func:`headscope.tasks.rouge1_recall` (no
-stemming), taking the best over ``sample.answer`` and any ``sample.meta["answers"]``.
+stemming), taking the best over ``sample.answer`` and any ``sample.meta["answers"]``. For a
+whole-sentence answer, recall alone also passes a sentence with the wrong value ("... is
+Spanish." recalls 7 of 8 words of "... is Welsh."); ``require_value=True`` also asks for the
+needle's value (``sample.meta["value"]``) in the output.
 """
 
 from __future__ import annotations
@@ -24,13 +27,19 @@ class RougeRecall:
     False
     >>> rule(Sample(prompt="p", answer=" Paris, France", meta={"answers": ["Paris"]}), "It is Paris.")
     True
+    >>> whole = Sample(prompt="p", answer=" The capital is Paris.", meta={"value": "Paris"})
+    >>> rule(whole, "The capital is Rome."), RougeRecall(0.5, require_value=True)(whole, "The capital is Rome.")
+    (True, False)
     """
 
     min_recall: float = 0.5
+    require_value: bool = False
 
     def __call__(self, sample: Sample, output: str) -> bool:
         references = [sample.answer, *sample.meta.get("answers", ())]
+        if self.require_value and "value" in sample.meta and sample.meta["value"].lower() not in output.lower():
+            return False
         return rouge1_recall(output, references) > self.min_recall
 
     def __str__(self) -> str:
-        return f"rouge1_recall > {self.min_recall}"
+        return f"rouge1_recall > {self.min_recall}" + (" and the value said" if self.require_value else "")

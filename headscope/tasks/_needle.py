@@ -210,6 +210,7 @@ def needle_sample(
         "answer_kind": answer,
         "question": target.question,
         "needle_sentence": target.sentence,
+        "value": target.value,
         "length": length,
         "depth": float(depth),
         "needle_depths": depths,
