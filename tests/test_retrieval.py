@@ -330,6 +330,7 @@ def _distributed_worker(rank: int, folder: str, store: str, out: str) -> None:
         mine = detect_retrieval_heads(model, samples, require_prediction=False, progress=False)
         merged = all_gather_scores(mine)
         merged.save(f"{out}/merged-{rank}.json")
+        dist.barrier()  # no rank tears gloo down while the other still has a send in flight (aborted once under load)
     finally:
         dist.destroy_process_group()
 
