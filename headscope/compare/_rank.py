@@ -55,7 +55,7 @@ class RankAgreement(Saved):
                 {
                     "layer": layer,
                     "head": head,
-                    "label": f"L{layer}H{head}",
+                    "label": str(Head(layer, head)),
                     "score_a": a[layer, head],
                     "score_b": b[layer, head],
                     "top_a": (layer, head) in top_a,
