@@ -76,8 +76,6 @@ def as_head(head: Any) -> Head:
     >>> type(as_head("L1H0")).__name__
     'Head'
     """
-    if isinstance(head, Head):
-        return _checked(head.layer, head.head, head)
     if isinstance(head, str):
         return parse_head(head)
     try:

@@ -9,7 +9,7 @@ import numpy as np
 
 from headscope.compare._sets import Scores, as_grid, head_set
 from headscope.errors import ConfigError, ModelMismatchError
-from headscope.heads import Head
+from headscope.heads import Head, as_heads
 from headscope.results import Saved
 
 if TYPE_CHECKING:
@@ -38,6 +38,10 @@ class RankAgreement(Saved):
     top_b: tuple[Head, ...]
     scores_a: tuple[tuple[float, ...], ...]
     scores_b: tuple[tuple[float, ...], ...]
+
+    def __post_init__(self) -> None:  # heads as Head values, however they were given (or loaded)
+        object.__setattr__(self, "top_a", tuple(as_heads(self.top_a)))
+        object.__setattr__(self, "top_b", tuple(as_heads(self.top_b)))
 
     @property
     def sizes(self) -> tuple[int, int]:

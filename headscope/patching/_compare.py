@@ -17,7 +17,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from headscope.errors import HeadscopeError
-from headscope.heads import Head, random_heads
+from headscope.heads import Head, as_heads, random_heads
 from headscope.models import model_info
 from headscope.patching._metrics import AnswerLogProb, Metric, metric_name
 from headscope.patching._patch import _as_batch, check_same_architecture, patched, record_heads
@@ -39,6 +39,9 @@ class PatchingComparison(Saved):
     values: dict[str, float]
     sets: dict[str, list[Head]]
     settings: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:  # heads as Head values, however they were given (or loaded)
+        object.__setattr__(self, "sets", {name: as_heads(heads) for name, heads in self.sets.items()})
 
     def recovered(self, name: str) -> float:
         gap = self.values["source"] - self.values["target"]
