@@ -37,7 +37,7 @@ def test_head_set_is_sorted_distinct_frozen_and_checked_once():
     assert "not a head" not in s
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.heads = ()  # type: ignore[misc]
-    with pytest.raises(HeadIndexError, match=r"within a 2x4 model.*got L2H0, L0H4"):
+    with pytest.raises(HeadIndexError, match=r"within a 2x4 model.*got L0H4, L2H0"):
         HeadSet.of([(2, 0), (0, 4)], info)
     other = HeadSet.of([(1, 0), (1, 3)], info)
     assert (s & other).labels == ("L1H0",) and (s | other).labels == ("L0H2", "L1H0", "L1H3")

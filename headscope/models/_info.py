@@ -68,7 +68,7 @@ class ModelInfo:
         if bad:
             raise HeadIndexError(
                 f"heads must be (layer, head) pairs within a {self.n_layers}x{self.n_heads} model; "
-                f"got {', '.join(map(str, bad))}"
+                f"got {', '.join(map(repr, bad))}"
             )
         return pairs
 
