@@ -23,6 +23,7 @@ from headscope.errors import ConfigError as ConfigError
 from headscope.errors import ContextLengthError as ContextLengthError
 from headscope.errors import HeadIndexError as HeadIndexError
 from headscope.errors import HeadscopeError as HeadscopeError
+from headscope.errors import InputTypeError as InputTypeError
 from headscope.errors import MissingDependencyError as MissingDependencyError
 from headscope.errors import ModelError as ModelError
 from headscope.errors import ModelMismatchError as ModelMismatchError
@@ -31,6 +32,8 @@ from headscope.errors import TaskError as TaskError
 from headscope.evaluate import answer_accuracy as answer_accuracy
 from headscope.evaluate import generate_answer as generate_answer
 from headscope.evaluate import retrieval_success as retrieval_success
+from headscope.heads import Head as Head
+from headscope.heads import HeadSet as HeadSet
 from headscope.heads import random_heads as random_heads
 from headscope.hooks import attached as attached
 from headscope.hooks import capture as capture
@@ -82,8 +85,11 @@ __all__ = [
     "ContextLengthError",
     "Correlation",
     "FinetuneResult",
+    "Head",
     "HeadIndexError",
+    "HeadSet",
     "HeadscopeError",
+    "InputTypeError",
     "Knockout",
     "KnockoutCurve",
     "MissingDependencyError",

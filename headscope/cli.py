@@ -121,8 +121,8 @@ def _detect(args: argparse.Namespace) -> int:
         )
         return 1
     print(f"top {args.top} heads:")
-    for (layer, head), score in scores.top(args.top):
-        print(f"  L{layer}H{head}  {score:.3f}")
+    for head, score in scores.top(args.top):
+        print(f"  {head}  {score:.3f}")
     values = scores.scores
     share = float((values > RETRIEVAL_THRESHOLD).float().mean())
     print(f"heads above {RETRIEVAL_THRESHOLD}: {share:.1%} of {values.numel()}")
@@ -240,12 +240,13 @@ def _patch(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from headscope.compare import head_set, jaccard, rank_correlation, recall
+    from headscope.heads import HeadSet
     from headscope.retrieval import RetrievalScores
     from headscope.viz import recall_scatter
 
     reference, candidate = RetrievalScores.load(args.reference), RetrievalScores.load(args.candidate)
     cut = dict(top_k=args.top_k) if args.threshold is None else dict(threshold=args.threshold)
-    ref_set, cand_set = set(head_set(reference.scores, **cut)), set(head_set(candidate.scores, **cut))
+    ref_set, cand_set = (HeadSet(tuple(head_set(s.scores, **cut)), s.shape) for s in (reference, candidate))
     ranks = rank_correlation(reference.scores, candidate.scores, top_k=min(args.top_k, reference.scores.numel()))
     summary = {
         "reference": args.reference,
@@ -257,7 +258,7 @@ def _compare(args: argparse.Namespace) -> int:
         "jaccard": jaccard(ref_set, cand_set),
         "spearman": ranks.spearman,
         "top_k_overlap": ranks.overlap,
-        "shared_heads": [f"L{layer}H{head}" for layer, head in sorted(ref_set & cand_set)],
+        "shared_heads": list((ref_set & cand_set).labels),
     }
     out = _out(args)
     (out / "comparison.json").write_text(json.dumps(summary, indent=2))

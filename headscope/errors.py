@@ -13,6 +13,7 @@ __all__ = [
     "ContextLengthError",
     "HeadIndexError",
     "HeadscopeError",
+    "InputTypeError",
     "MissingDependencyError",
     "ModelError",
     "ModelMismatchError",
@@ -27,6 +28,10 @@ class HeadscopeError(Exception):
 
 class ConfigError(HeadscopeError, ValueError):
     """An argument or option has a value headscope cannot use; the message says which values it accepts."""
+
+
+class InputTypeError(HeadscopeError, TypeError):
+    """An argument, or a value a callback returned, has a type headscope cannot use; the message names the types."""
 
 
 class ModelError(HeadscopeError, TypeError):
@@ -60,6 +65,7 @@ class TaskError(HeadscopeError, ValueError):
 for _cls in (
     HeadscopeError,
     ConfigError,
+    InputTypeError,
     ModelError,
     ModelMismatchError,
     HeadIndexError,

@@ -204,3 +204,31 @@ def test_main_on_a_small_grid_copies_needle_sentences_on_the_fused_route(smollm2
     assert ((per_sample > 0) & (per_sample < 1)).any() and scores.top(1)[0][1] > 0.3, printed
     html = (out / "report.html").read_text()
     assert "Retrieval heads of smollm2-135m-instruct" in html and (out / "attention.json").is_file()
+
+
+def _walk_cases(tmp_path):
+    """One bad option value per subcommand that argparse accepts but headscope must refuse."""
+    from headscope.models import tiny_folder
+
+    model = str(tiny_folder("llama"))
+    scores = str(_tiny_scores(tmp_path))
+    missing = str(tmp_path / "missing.json")
+    tiny = ["--model", model, *TINY_TASK]
+    pair = ["--source", model, "--target", model, "--source-scores", scores, "--target-scores", scores]
+    return {
+        "main": (["main", *tiny, "--lengths", "0"], "length must be a positive number of tokens; got 0"),
+        "detect": (["detect", *tiny, "--needle-label", "nowhere"], "'nowhere'"),
+        "knockout": (["knockout", *tiny, "--scores", missing], "missing.json"),
+        "patch": (["patch", *pair, "--top-k", "0", *TINY_TASK], "top_k must be at least 1; got 0"),
+        "compare": (["compare", scores, missing], "missing.json"),
+    }
+
+
+@pytest.mark.parametrize("command", ["main", "detect", "knockout", "patch", "compare"])
+def test_each_subcommand_rejects_a_bad_value_in_one_line_with_exit_code_2(command, tmp_path, capsys):
+    argv, words = _walk_cases(tmp_path)[command]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("headscope: error: ")]
+    assert len(lines) == 1 and lines[0] == err.splitlines()[-1] and words in lines[0], err
+    assert "Traceback" not in err

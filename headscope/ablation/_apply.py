@@ -34,7 +34,7 @@ from torch import Tensor
 
 from headscope.ablation._inputs import encoded
 from headscope.ablation._spec import Knockout, Mode, Route
-from headscope.errors import ModelError, SpanError
+from headscope.errors import ConfigError, ModelError, SpanError
 from headscope.heads import Head
 from headscope.hooks import HookFn, attached, attn_hook, block_hook, capture
 from headscope.models import ModelInfo, model_info
@@ -111,7 +111,7 @@ def knockout(
 
 def _use_scores(spec: Knockout, info: ModelInfo, route: str) -> bool:
     if route not in ("auto", "scores", "z"):
-        raise ValueError(f"route must be 'auto', 'scores' or 'z'; got {route!r}")
+        raise ConfigError(f"route must be 'auto', 'scores' or 'z'; got {route!r}")
     if spec.mode not in ("edge", "uniform"):
         return False
     if route == "scores" and not info.score_edits:

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from headscope.ablation._inputs import encoded
 from headscope.ablation._means import head_means
 from headscope.ablation._spec import Knockout, Route
-from headscope.errors import HeadIndexError
+from headscope.errors import ConfigError, HeadIndexError
 from headscope.heads import Head, random_heads
 from headscope.models import model_info
 from headscope.tasks import Sample
@@ -179,17 +179,17 @@ def knockout_curve(
     ranking_ = tuple(info.check_heads(ranking))
     ks = tuple(int(k) for k in ks)
     if not samples:
-        raise ValueError("knockout_curve needs at least one sample")
+        raise ConfigError("knockout_curve needs at least one sample; got an empty list")
     if not ks or min(ks) < 1:
         raise HeadIndexError(f"ks must be head counts >= 1; got {list(ks)}")
     if max(ks) > len(ranking_):
         raise HeadIndexError(f"ks go up to {max(ks)} but the ranking holds only {len(ranking_)} heads")
     if not seeds:
-        raise ValueError("give at least one seed for the random-head baseline")
+        raise ConfigError("give at least one seed for the random-head baseline (e.g. seeds=(0, 1, 2)); got none")
     if positions not in POSITIONS:
-        raise ValueError(f"positions must be 'answer' or 'all'; got {positions!r}")
+        raise ConfigError(f"positions must be 'answer' or 'all'; got {positions!r}")
     if mode == "edge" and key_label is None:
-        raise ValueError("mode='edge' needs key_label= (e.g. 'needle'), the span each sample's queries cannot see")
+        raise ConfigError("mode='edge' needs key_label= (e.g. 'needle'), the span each sample's queries cannot see")
     exclude = max(ks) if exclude_top is None else int(exclude_top)
     random_sets = tuple(
         tuple(tuple(random_heads(info, k, exclude=ranking_[:exclude], seed=seed)) for k in ks) for seed in seeds

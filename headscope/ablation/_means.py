@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from headscope.ablation._inputs import Input, as_tokens, encoded
 from headscope.ablation._spec import Knockout
-from headscope.errors import HeadIndexError, SpanError
+from headscope.errors import ConfigError, HeadIndexError, SpanError
 from headscope.heads import Head
 from headscope.hooks import attn_hook, capture
 from headscope.models import model_info
@@ -58,7 +58,7 @@ def head_means(
             total[layer] += acts[attn_hook(layer, "z")][:, keep.to(tokens.device)].double().sum(dim=(0, 1)).cpu()
         count += tokens.shape[0] * int(keep.sum())
     if count == 0:
-        raise ValueError(
+        raise ConfigError(
             "reference holds no positions to average over; give at least one token sequence, Sample or text "
             f"(with exclude={exclude!r}, each input needs a position left)"
         )

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from headscope.errors import HeadIndexError, ModelMismatchError, SpanError
+from headscope.errors import ConfigError, HeadIndexError, ModelMismatchError, SpanError
 from headscope.heads import Head, as_heads
 
 if TYPE_CHECKING:
@@ -73,15 +73,15 @@ class Knockout:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
         set_("heads", tuple(heads[i] for i in order))
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}; got {self.mode!r}")
+            raise ConfigError(f"mode must be one of {', '.join(map(repr, MODES))}; got {self.mode!r}")
         if self.mode == "edge":
             if (self.keys is None) == (self.key_label is None):
-                raise ValueError(
+                raise ConfigError(
                     "edge knockout needs exactly one of keys= (token positions) or key_label= (a span label "
                     f"such as 'needle'); got keys={self.keys!r}, key_label={self.key_label!r}"
                 )
         elif self.keys is not None or self.key_label is not None:
-            raise ValueError(f"keys= and key_label= apply to mode='edge' only; mode is {self.mode!r}")
+            raise ConfigError(f"keys= and key_label= apply to mode='edge' only; mode is {self.mode!r}")
         if self.keys is not None:
             set_("keys", _positions(self.keys, "keys"))
             if not self.keys:
@@ -170,12 +170,12 @@ def _positions(values: Iterable[int], name: str) -> tuple[int, ...]:
 def _means(means: Any, mode: str, n_heads: int, order: list[int]) -> tuple[tuple[float, ...], ...] | None:
     if mode != "mean":
         if means is not None:
-            raise ValueError(f"means= applies to mode='mean' only; mode is {mode!r}")
+            raise ConfigError(f"means= applies to mode='mean' only; mode is {mode!r}")
         return None
     if means is None:
-        raise ValueError("mode='mean' needs means= (one d_head vector per head); build the spec with mean_knockout()")
+        raise ConfigError("mode='mean' needs means= (one d_head vector per head); build the spec with mean_knockout()")
     table = torch.as_tensor(means, dtype=torch.float64).tolist() if not isinstance(means, tuple) else means
     rows = [tuple(float(x) for x in row) for row in table]
     if len(rows) != n_heads or len({len(r) for r in rows}) > 1:
-        raise ValueError(f"means must be one equal-length vector per head ({n_heads} heads); got {len(rows)} rows")
+        raise ConfigError(f"means must be one equal-length vector per head ({n_heads} heads); got {len(rows)} rows")
     return tuple(rows[i] for i in order)

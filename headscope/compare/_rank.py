@@ -9,7 +9,7 @@ import numpy as np
 
 from headscope.compare._sets import Scores, as_grid, head_set
 from headscope.errors import ConfigError, ModelMismatchError
-from headscope.heads import Head
+from headscope.heads import Head, as_heads
 from headscope.results import Saved
 
 if TYPE_CHECKING:
@@ -39,6 +39,10 @@ class RankAgreement(Saved):
     scores_a: tuple[tuple[float, ...], ...]
     scores_b: tuple[tuple[float, ...], ...]
 
+    def __post_init__(self) -> None:  # heads as Head values, however they were given (or loaded)
+        object.__setattr__(self, "top_a", tuple(as_heads(self.top_a)))
+        object.__setattr__(self, "top_b", tuple(as_heads(self.top_b)))
+
     @property
     def sizes(self) -> tuple[int, int]:
         """``(len(top_a), len(top_b))``: below ``top_k`` when a map has fewer positive heads."""
@@ -55,7 +59,7 @@ class RankAgreement(Saved):
                 {
                     "layer": layer,
                     "head": head,
-                    "label": f"L{layer}H{head}",
+                    "label": str(Head(layer, head)),
                     "score_a": a[layer, head],
                     "score_b": b[layer, head],
                     "top_a": (layer, head) in top_a,

@@ -10,49 +10,44 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
-from headscope.errors import HeadIndexError
-from headscope.heads import Head, as_heads
+from headscope.errors import ConfigError, HeadIndexError
+from headscope.heads import Head, HeadSet, as_heads
 
 __all__ = ["as_grid", "head_set", "jaccard", "recall"]
 
 Scores = Float[torch.Tensor, "layer head"] | Float[np.ndarray, "layer head"]
 
 
-def _heads(heads: Iterable[Head | str]) -> set[Head]:
-    return set(as_heads(heads))
-
-
-def recall(reference: Iterable[Head | str], candidate: Iterable[Head | str]) -> float:
+def recall(reference: Iterable[Any], candidate: Iterable[Any]) -> float:
     """``|reference ∩ candidate| / |reference|``: how many reference heads the candidate set recovers.
 
     Zhao et al. measure synthetic-data heads against the real-data model's heads this way.
+    :meth:`HeadSet.recall <headscope.heads.HeadSet.recall>` of the reference, for any head forms.
 
     >>> recall([(0, 1), (2, 3), (4, 5), (6, 7)], ["L0H1", "L2H3", "L9H9"])
     0.5
     """
-    ref = _heads(reference)
-    if not ref:
-        raise HeadIndexError("recall needs a non-empty reference set (it divides by its size)")
-    return len(ref & _heads(candidate)) / len(ref)
+    return _set(reference).recall(candidate)
 
 
-def jaccard(a: Iterable[Head | str], b: Iterable[Head | str]) -> float:
-    """``|a ∩ b| / |a ∪ b|``, symmetric overlap of two head sets.
+def jaccard(a: Iterable[Any], b: Iterable[Any]) -> float:
+    """``|a ∩ b| / |a ∪ b|``, symmetric overlap of two head sets (:meth:`~headscope.heads.HeadSet.jaccard`).
 
     >>> jaccard([(0, 1), (2, 3)], [(2, 3), (4, 5)])
     0.3333333333333333
     """
-    sa, sb = _heads(a), _heads(b)
-    if not sa | sb:
-        raise HeadIndexError("jaccard of two empty head sets is undefined; give at least one head")
-    return len(sa & sb) / len(sa | sb)
+    return _set(a).jaccard(b)
+
+
+def _set(heads: Iterable[Any]) -> HeadSet:
+    return heads if isinstance(heads, HeadSet) else HeadSet(tuple(as_heads(heads)))
 
 
 def as_grid(scores: Any, name: str = "scores") -> np.ndarray:
     """A per-head score map as a float ``[layer, head]`` array (tensors, arrays and nested lists)."""
     grid = scores.detach().cpu().double().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores, float)
     if grid.ndim != 2 or grid.size == 0:
-        raise ValueError(f"{name} must be a non-empty [layer, head] grid; got shape {grid.shape}")
+        raise ConfigError(f"{name} must be a non-empty [layer, head] grid; got shape {grid.shape}")
     return grid
 
 
@@ -74,13 +69,13 @@ def head_set(scores: Scores, *, top_k: int | None = None, threshold: float | Non
     [(0, 1)]
     """
     if top_k is None and threshold is None:
-        raise ValueError("head_set needs top_k=, threshold= or both")
+        raise ConfigError("head_set needs top_k=, threshold= or both; got neither (try top_k=20)")
     if top_k is not None and top_k < 1:
         raise HeadIndexError(f"top_k must be at least 1; got {top_k}")
     cut = 0.0 if threshold is None else float(threshold)
     grid = as_grid(scores)
     order = sorted(
-        ((float(v), (int(layer), int(head))) for (layer, head), v in np.ndenumerate(grid) if v > cut),
+        ((float(v), Head(int(layer), int(head))) for (layer, head), v in np.ndenumerate(grid) if v > cut),
         key=lambda item: (-item[0], item[1]),
     )
     heads = [h for _, h in order]

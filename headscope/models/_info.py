@@ -56,7 +56,7 @@ class ModelInfo:
 
     def head_labels(self) -> list[str]:
         """``["L0H0", "L0H1", ...]`` in layer-major order, as TransformerLens labels heads."""
-        return [f"L{layer}H{head}" for layer in range(self.n_layers) for head in range(self.n_heads)]
+        return [str(Head(layer, head)) for layer in range(self.n_layers) for head in range(self.n_heads)]
 
     def check_heads(self, heads: Iterable[Any]) -> list[Head]:
         """Read heads in any accepted form (:func:`~headscope.heads.as_head`) and check them against the model.
@@ -68,7 +68,7 @@ class ModelInfo:
         if bad:
             raise HeadIndexError(
                 f"heads must be (layer, head) pairs within a {self.n_layers}x{self.n_heads} model; "
-                f"got {', '.join(map(str, bad))}"
+                f"got {', '.join(map(repr, bad))}"
             )
         return pairs
 

@@ -17,13 +17,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from headscope.errors import HeadscopeError
-from headscope.heads import random_heads
+from headscope.heads import Head, as_heads, random_heads
 from headscope.models import model_info
 from headscope.patching._metrics import AnswerLogProb, Metric, metric_name
 from headscope.patching._patch import _as_batch, check_same_architecture, patched, record_heads
 from headscope.results import Saved
-
-Head = tuple[int, int]
 
 __all__ = ["PatchingComparison", "compare_patching"]
 
@@ -41,6 +39,9 @@ class PatchingComparison(Saved):
     values: dict[str, float]
     sets: dict[str, list[Head]]
     settings: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:  # heads as Head values, however they were given (or loaded)
+        object.__setattr__(self, "sets", {name: as_heads(heads) for name, heads in self.sets.items()})
 
     def recovered(self, name: str) -> float:
         gap = self.values["source"] - self.values["target"]
@@ -116,7 +117,7 @@ def compare_patching(
     check_same_architecture(target, source)
     info = model_info(target)
     shared = sorted(set(info.check_heads(shared_heads)))
-    every = [(layer, head) for layer in range(info.n_layers) for head in range(info.n_heads)]
+    every = [Head(layer, head) for layer in range(info.n_layers) for head in range(info.n_heads)]
     complement = [h for h in every if h not in set(shared)]
     if not shared:
         raise HeadscopeError("shared_heads is empty: give the heads to patch (e.g. the intersection of two head sets)")

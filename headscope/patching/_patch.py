@@ -24,10 +24,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from headscope.errors import HeadIndexError, HeadscopeError, ModelError, ModelMismatchError
+from headscope.heads import Head
 from headscope.hooks import attached, attn_hook, capture
 from headscope.models import ModelInfo, model_info
 
-Head = tuple[int, int]
 Site = Literal["z", "q", "k", "v", "pattern"]
 Positions = Literal["all"] | Sequence[int]
 SITES: tuple[str, ...] = ("z", "q", "k", "v", "pattern")

@@ -10,9 +10,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from headscope.errors import ConfigError, HeadscopeError
+from headscope.heads import Head
 from headscope.results import Saved
-
-Head = tuple[int, int]
 
 __all__ = ["PatchingResult"]
 
@@ -68,7 +67,7 @@ class PatchingResult(Saved):
         order = torch.argsort(scores, descending=True, stable=True)[: max(0, k)]
         n_heads = self.values.shape[1]
         effects = self.effects().flatten()
-        return [((int(i) // n_heads, int(i) % n_heads), float(effects[i])) for i in order]
+        return [(Head(int(i) // n_heads, int(i) % n_heads), float(effects[i])) for i in order]
 
     def to_frame(self) -> Any:
         """Long pandas frame: ``layer, head, label, value, effect``."""
@@ -79,7 +78,7 @@ class PatchingResult(Saved):
             {
                 "layer": layer,
                 "head": head,
-                "label": f"L{layer}H{head}",
+                "label": str(Head(layer, head)),
                 "value": float(self.values[layer, head]),
                 "effect": float(self.values[layer, head] - self.baseline),
             }

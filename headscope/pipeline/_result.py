@@ -9,7 +9,7 @@ from typing import Any
 
 from headscope.ablation import KnockoutCurve
 from headscope.compare import Correlation
-from headscope.heads import Head
+from headscope.heads import Head, as_heads
 from headscope.patching import PatchingComparison
 from headscope.pipeline._config import PipelineConfig
 from headscope.retrieval import RetrievalScores
@@ -84,7 +84,7 @@ class PipelineResult:
             {
                 **{k: v for k, v in asdict(v).items() if k != "heads"},
                 "n_heads": len(v.heads),
-                "heads": " ".join(f"L{layer}H{head}" for layer, head in v.heads),
+                "heads": " ".join(map(str, as_heads(v.heads))),
             }
             for v in self.variants
         ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from headscope.heads import as_heads
+
 if TYPE_CHECKING:
     from headscope.compare import Correlation
     from headscope.pipeline._result import PipelineResult
@@ -14,7 +16,7 @@ __all__ = ["summarize"]
 def _table(result: PipelineResult) -> list[str]:
     lines = [f"{'variant':22s} {'accuracy':>8s} {'logprob':>8s} {'recall':>6s} {'jaccard':>7s}  heads"]
     for v in result.variants:
-        heads = " ".join(f"L{layer}H{head}" for layer, head in v.heads) or "-"
+        heads = " ".join(map(str, as_heads(v.heads))) or "-"
         overlap = f"{_num(v.recall):>6s} {_num(v.jaccard):>7s}"
         lines.append(f"{v.name:22s} {v.accuracy:8.3f} {v.logprob:8.2f} {overlap}  {heads}")
     return lines

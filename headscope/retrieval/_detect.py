@@ -40,6 +40,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from headscope.errors import ConfigError
 from headscope.models import model_info, tokenizer_of
 from headscope.retrieval._fused import FusedRoute
 from headscope.retrieval._prepare import Prepared, prepare
@@ -112,11 +113,11 @@ def detect_retrieval_heads(
     ((2, 4), 1)
     """
     if mode not in ("teacher_forced", "generation"):
-        raise ValueError(f"mode must be 'teacher_forced' or 'generation'; got {mode!r}")
+        raise ConfigError(f"mode must be 'teacher_forced' or 'generation'; got {mode!r}")
     if score not in ("copy", "mass"):
-        raise ValueError(f"score must be 'copy' or 'mass'; got {score!r}")
+        raise ConfigError(f"score must be 'copy' or 'mass'; got {score!r}")
     if batch_size < 1 or max_new_tokens < 1:
-        raise ValueError(f"batch_size and max_new_tokens must be >= 1; got {batch_size} and {max_new_tokens}")
+        raise ConfigError(f"batch_size and max_new_tokens must be >= 1; got {batch_size} and {max_new_tokens}")
     info = model_info(model)
     tokenizer = tokenizer_of(model)
     success = success if success is not None else RougeRecall(0.5)

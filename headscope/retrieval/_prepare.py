@@ -10,7 +10,7 @@ from typing import Any
 from jaxtyping import Int
 from torch import Tensor
 
-from headscope.errors import ContextLengthError, SpanError
+from headscope.errors import ConfigError, ContextLengthError, InputTypeError, SpanError
 from headscope.models import ModelInfo
 from headscope.tasks import Sample
 
@@ -46,12 +46,15 @@ def prepare(
     less one in teacher-forced mode (``None``), ``max_new_tokens - 1`` in generation mode.
     """
     if len(samples) == 0:
-        raise ValueError("samples is empty: retrieval scores need at least one sample with a labelled needle")
+        raise ConfigError("samples is empty: retrieval scores need at least one sample with a labelled needle")
     prepared: list[Prepared] = []
     span_problems: list[str] = []
     for i, sample in enumerate(samples):
         if not isinstance(sample, Sample):
-            raise TypeError(f"samples[{i}] is a {type(sample).__name__}; expected a headscope.tasks.Sample")
+            raise InputTypeError(
+                f"samples[{i}] is a {type(sample).__name__}; expected a headscope.tasks.Sample "
+                "(build samples with headscope.tasks, e.g. needle_grid)"
+            )
         if needle_label not in sample.labels():
             span_problems.append(f"sample {i} has no {needle_label!r} span (its labels: {sample.labels()})")
             continue

@@ -24,7 +24,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from headscope.errors import ModelError, SpanError
+from headscope.errors import ConfigError, ModelError, SpanError
 from headscope.heads import Head
 from headscope.hooks import attached, attn_hook
 from headscope.models import model_info, tokenizer_of
@@ -63,7 +63,7 @@ class AttentionRows:
 
     @property
     def labels(self) -> tuple[str, ...]:
-        return tuple(f"L{layer}H{head}" for layer, head in self.heads)
+        return tuple(str(Head(*head)) for head in self.heads)
 
     def top_frame(self) -> Any:
         """One row per (head, query row): where the row's top-1 key falls and whether it is in the needle.
@@ -133,7 +133,7 @@ class AttentionRows:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AttentionRows:
         if data.get("format") != _FORMAT:
-            raise ValueError(f"not a saved AttentionRows (format={data.get('format')!r})")
+            raise ConfigError(f"not a saved AttentionRows (format={data.get('format')!r}, expected 'attention-rows')")
         n_heads, n_queries = len(data["heads"]), len(data["query_positions"])
         return cls(
             torch.tensor(data["pattern"], dtype=torch.float32).reshape(n_heads, *[len(data["positions"])] * 2),
@@ -194,7 +194,7 @@ def record_attention(
     info = model_info(model)
     pairs = info.check_heads(heads)
     if window < 0:
-        raise ValueError(f"window must be >= 0 tokens; got {window}")
+        raise ConfigError(f"window must be >= 0 tokens; got {window}")
     tok = tokenizer or tokenizer_of(model)
     ids, focus, rows = _positions(source, around, queries, needle_label, tok)
     n = len(ids)
@@ -202,7 +202,7 @@ def record_attention(
     keys = {k for p in focus for k in range(max(0, p - window), min(n, p + window + 1))}
     shown = sorted(keys | set(rows) | ({0} if include_bos else set()))
     if len(shown) > MAX_SHOWN:
-        raise ValueError(
+        raise ConfigError(
             f"the record would keep {len(shown)} tokens, more than {MAX_SHOWN}; "
             "pass a smaller window or fewer positions"
         )
@@ -295,7 +295,7 @@ def _positions(
     n = len(ids)
     if isinstance(queries, str):
         if queries != "last":
-            raise ValueError(f"queries must be 'answer', 'last' or positions; got {queries!r}")
+            raise ConfigError(f"queries must be 'answer', 'last' or positions; got {queries!r}")
         queries = [n - 1]
     return ids, _check_positions(around, n, "around position"), _check_positions(queries, n, "query position")
 

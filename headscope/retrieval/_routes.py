@@ -22,7 +22,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from headscope.errors import ModelError
+from headscope.errors import ConfigError, ModelError
 from headscope.hooks import attached
 from headscope.models._fused import fused_unsupported, user_hooks
 from headscope.retrieval._decode import greedy_steps
@@ -79,7 +79,7 @@ class EagerRoute:
 def choose_route(model: Any, attention: Attention, n_layers: int) -> EagerRoute | FusedRoute:
     """The route ``attention`` asks for; ``"fused"`` raises :class:`ModelError` saying why it cannot run."""
     if attention not in ("fused", "eager", "auto"):
-        raise ValueError(f"attention must be 'fused', 'eager' or 'auto'; got {attention!r}")
+        raise ConfigError(f"attention must be 'fused', 'eager' or 'auto'; got {attention!r}")
     if attention == "eager":
         return EagerRoute(model, n_layers)
     reason = fused_unsupported(model)

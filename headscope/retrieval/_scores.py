@@ -22,7 +22,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from headscope.errors import ModelMismatchError
+from headscope.errors import ConfigError, ModelMismatchError
 from headscope.heads import Head, parse_head
 
 __all__ = ["RETRIEVAL_THRESHOLD", "RetrievalScores", "Score"]
@@ -64,18 +64,18 @@ class RetrievalScores:
 
     def __post_init__(self) -> None:
         if self.score not in ("copy", "mass"):
-            raise ValueError(f"score must be 'copy' or 'mass'; got {self.score!r}")
+            raise ConfigError(f"score must be 'copy' or 'mass'; got {self.score!r}")
         sums = torch.as_tensor(self.hit_sums, dtype=torch.float64).detach().cpu()
         if sums.ndim != 2:
-            raise ValueError(f"hit_sums must be a [layer, head] grid; got shape {tuple(sums.shape)}")
+            raise ConfigError(f"hit_sums must be a [layer, head] grid; got shape {tuple(sums.shape)}")
         if not 0 <= self.n_counted <= self.n_samples:
-            raise ValueError(f"need 0 <= n_counted <= n_samples; got {self.n_counted} and {self.n_samples}")
+            raise ConfigError(f"need 0 <= n_counted <= n_samples; got {self.n_counted} and {self.n_samples}")
         object.__setattr__(self, "hit_sums", sums)
         object.__setattr__(self, "settings", dict(self.settings))
         if self.per_sample is not None:
             per = torch.as_tensor(self.per_sample, dtype=torch.float64).detach().cpu()
             if per.shape != (self.n_counted, *sums.shape):
-                raise ValueError(
+                raise ConfigError(
                     f"per_sample must be [n_counted, layer, head] = {[self.n_counted, *sums.shape]}; "
                     f"got {list(per.shape)}"
                 )
@@ -95,7 +95,7 @@ class RetrievalScores:
     def top(self, k: int) -> list[tuple[Head, float]]:
         """The ``k`` best heads with their scores, best first (ties in layer-major order)."""
         if k < 0:
-            raise ValueError(f"k must be >= 0; got {k}")
+            raise ConfigError(f"k must be >= 0; got {k}")
         ranked = self._ranked()
         return ranked[:k]
 
@@ -109,7 +109,7 @@ class RetrievalScores:
         n_heads = self.shape[1]
         flat = self.scores.flatten().tolist()
         order = sorted(range(len(flat)), key=lambda i: (-flat[i], i))
-        return [((i // n_heads, i % n_heads), flat[i]) for i in order]
+        return [(Head(i // n_heads, i % n_heads), flat[i]) for i in order]
 
     def __add__(self, other: RetrievalScores) -> RetrievalScores:
         if not isinstance(other, RetrievalScores):
@@ -139,7 +139,7 @@ class RetrievalScores:
         """Combine shards in order (per-sample scores are kept only if every shard has them)."""
         parts = list(parts)
         if not parts:
-            raise ValueError("merge needs at least one RetrievalScores")
+            raise ConfigError("merge needs at least one RetrievalScores; got none")
         return reduce(lambda a, b: a + b, parts)
 
     def __eq__(self, other: object) -> bool:
@@ -160,7 +160,7 @@ class RetrievalScores:
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        best = ", ".join(f"L{layer}H{head}={score:.3f}" for (layer, head), score in self.top(3))
+        best = ", ".join(f"{head}={score:.3f}" for head, score in self.top(3))
         return (
             f"RetrievalScores({self.model}, {self.mode}, {self.score}, {self.shape[0]}x{self.shape[1]} heads, "
             f"{self.n_counted}/{self.n_samples} samples counted, top: {best or 'none'})"
@@ -177,7 +177,7 @@ class RetrievalScores:
             {
                 "layer": layers,
                 "head": heads,
-                "label": [f"L{layer}H{head}" for layer, head in zip(layers, heads, strict=True)],
+                "label": [str(Head(layer, head)) for layer, head in zip(layers, heads, strict=True)],
                 "score": self.scores.flatten().tolist(),
                 "hit_sum": self.hit_sums.flatten().tolist(),
                 "n_counted": self.n_counted,
@@ -213,7 +213,7 @@ class RetrievalScores:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RetrievalScores:
         if data.get("format") != _FORMAT:
-            raise ValueError(
+            raise ConfigError(
                 f"not a saved RetrievalScores (format={data.get('format')!r}); for Wu et al.'s files use from_wu_json"
             )
         shape = (len(data["hit_sums"]), len(data["hit_sums"][0]) if data["hit_sums"] else 0)
@@ -242,7 +242,7 @@ class RetrievalScores:
     def to_wu_json(self, path: str | Path) -> Path:
         """Write Wu et al.'s ``{"layer-head": [score of each counted sample]}`` file."""
         if self.per_sample is None:
-            raise ValueError(
+            raise ConfigError(
                 "these scores kept no per-sample values; detect with keep_per_sample=True to write Wu's format"
             )
         n_layers, n_heads = self.shape
@@ -265,17 +265,17 @@ class RetrievalScores:
         """
         data = json.loads(Path(path).read_text())
         if not isinstance(data, dict) or not data:
-            raise ValueError(
+            raise ConfigError(
                 f"{path} is not a Wu et al. score file: expected a non-empty {{'layer-head': [scores]}} object"
             )
         heads = {parse_head(key): values for key, values in data.items()}
         lengths = {len(v) for v in heads.values()}
         if len(lengths) != 1:
-            raise ValueError(f"{path}: heads have different numbers of per-sample scores {sorted(lengths)}")
+            raise ConfigError(f"{path}: heads have different numbers of per-sample scores {sorted(lengths)}")
         n_layers = 1 + max(layer for layer, _ in heads)
         n_heads = 1 + max(head for _, head in heads)
         if len(heads) != n_layers * n_heads:
-            raise ValueError(f"{path}: holds {len(heads)} heads, expected all {n_layers}x{n_heads}")
+            raise ConfigError(f"{path}: holds {len(heads)} heads, expected all {n_layers}x{n_heads}")
         (n,) = lengths
         per = torch.zeros(n, n_layers, n_heads, dtype=torch.float64)
         for (layer, head), values in heads.items():

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from headscope.errors import ConfigError, ContextLengthError, ModelMismatchError
+from headscope.errors import ConfigError, ContextLengthError, InputTypeError, ModelMismatchError
 from headscope.models import model_info, tokenizer_of
 from headscope.tasks import EncodedSample, Sample
 
@@ -75,7 +75,10 @@ def prepare(model: Any, samples: Samples, tokenizer: Any = None) -> list[Encoded
     encoded = [s.encode(tokenizer) if isinstance(s, Sample) else s for s in samples]
     if not all(isinstance(s, EncodedSample) for s in encoded):
         bad = next(type(s).__name__ for s in encoded if not isinstance(s, EncodedSample))
-        raise TypeError(f"samples must be headscope Sample or EncodedSample objects; got a {bad}")
+        raise InputTypeError(
+            f"samples must be headscope Sample or EncodedSample objects; got a {bad} "
+            "(build samples with headscope.tasks)"
+        )
     empty = [i for i, s in enumerate(encoded) if len(s.answer_ids) == 0]
     if empty:
         raise ConfigError(f"samples {_listed(empty)} have an empty answer; the answer loss needs answer tokens")

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from headscope.errors import ConfigError, ModelError
+from headscope.errors import ConfigError, InputTypeError, ModelError
 from headscope.tasks import EncodedSample
 from headscope.training._loss import Samples, answer_nll, prepare
 from headscope.training._result import FinetuneResult
@@ -182,7 +182,10 @@ def _check_gradients(model: Any, chosen: dict[str, nn.Parameter]) -> None:
 def _evaluate(eval_fn: EvalFn, model: Any, step: int) -> dict[str, float]:
     metrics = eval_fn(model, step)
     if not isinstance(metrics, Mapping):
-        raise TypeError(f"eval_fn must return a mapping of metric names to numbers; got {type(metrics).__name__}")
+        raise InputTypeError(
+            f"eval_fn must return a mapping of metric names to numbers, such as {{'accuracy': 0.5}}; "
+            f"got a {type(metrics).__name__}"
+        )
     model.eval()
     return {"step": step, **{str(k): float(v) for k, v in metrics.items() if k != "step"}}
 

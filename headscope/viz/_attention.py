@@ -26,7 +26,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from headscope.errors import MissingDependencyError, SpanError
+from headscope.errors import ConfigError, MissingDependencyError, SpanError
 
 if TYPE_CHECKING:
     from headscope.retrieval import AttentionRows
@@ -169,13 +169,13 @@ def attention_window(
     True
     """
     if pattern.ndim != 3 or pattern.shape[1] != pattern.shape[2]:
-        raise ValueError(f"pattern must be a square [head, query, key] tensor; got shape {tuple(pattern.shape)}")
+        raise ConfigError(f"pattern must be a square [head, query, key] tensor; got shape {tuple(pattern.shape)}")
     n_heads, n, _ = pattern.shape
     if len(str_tokens) != n:
-        raise ValueError(f"pattern covers {n} tokens but {len(str_tokens)} str_tokens were given")
+        raise ConfigError(f"pattern covers {n} tokens but {len(str_tokens)} str_tokens were given")
     names = [f"head {h}" for h in range(n_heads)] if head_names is None else list(head_names)
     if len(names) != n_heads:
-        raise ValueError(f"pattern has {n_heads} heads but {len(names)} head_names were given")
+        raise ConfigError(f"pattern has {n_heads} heads but {len(names)} head_names were given")
     start, end = (int(x) for x in key_range)
     if not 0 <= start < end <= n:
         raise SpanError(f"key_range must satisfy 0 <= start < end <= {n} (the number of tokens); got {key_range}")
@@ -227,7 +227,7 @@ def _check_positions(positions: Any, n: int, what: str) -> list[int]:
 def _shown(keys: set[int], queries: list[int], include_bos: bool) -> list[int]:
     shown = sorted(keys | set(queries) | ({0} if include_bos else set()))
     if len(shown) > MAX_SHOWN:
-        raise ValueError(
+        raise ConfigError(
             f"the view would show {len(shown)} tokens, more than {MAX_SHOWN}; pass a smaller window or fewer positions"
         )
     return shown

@@ -14,6 +14,9 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
+from headscope.errors import ConfigError
+from headscope.heads import Head
+
 __all__ = ["knockout_curve_figure", "recall_scatter", "top_heads_bar"]
 
 
@@ -37,13 +40,13 @@ def top_heads_bar(
 
     grid = _grid(scores)
     if k < 1:
-        raise ValueError(f"k must be at least 1; got {k}")
+        raise ConfigError(f"k must be at least 1; got {k}")
     flat = grid.ravel()
     order = [i for i in np.argsort(-flat, kind="stable") if not np.isnan(flat[i])][:k]
     if not order:
-        raise ValueError("every score is NaN: no head to show")
+        raise ConfigError("every score is NaN: no head to show (were any samples counted?)")
     n_heads = grid.shape[1]
-    labels = [f"L{i // n_heads}H{i % n_heads}" for i in order]
+    labels = [str(Head(i // n_heads, i % n_heads)) for i in order]
     fig = go.Figure(
         go.Bar(x=labels, y=flat[order].tolist(), hovertemplate="%{x}<br>" + value_name + " %{y:.4g}<extra></extra>")
     )
@@ -88,14 +91,14 @@ def knockout_curve_figure(
 
     missing = [c for c in ("k", value, "kind", "seed") if c not in frame.columns]
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"knockout frame lacks column(s) {missing}; expected k, {value}, kind, seed; got {list(frame.columns)}"
         )
     kinds = set(frame["kind"].unique())
     if not kinds <= {"top", "random"} or not kinds:
-        raise ValueError(f"kind must be 'top' or 'random'; got {sorted(map(str, kinds))}")
+        raise ConfigError(f"kind must be 'top' or 'random'; got {sorted(map(str, kinds))}")
     if band not in ("std", "minmax"):
-        raise ValueError(f"band must be 'std' or 'minmax'; got {band!r}")
+        raise ConfigError(f"band must be 'std' or 'minmax'; got {band!r}")
     fig = go.Figure()
     random = frame[frame["kind"] == "random"]
     if len(random):
@@ -182,13 +185,13 @@ def recall_scatter(
 
     x, y = np.asarray(recalls, dtype=float), np.asarray(scores, dtype=float)
     if x.ndim != 1 or x.shape != y.shape:
-        raise ValueError(f"recalls and scores must be 1-D and of equal length; got {x.shape} and {y.shape}")
+        raise ConfigError(f"recalls and scores must be 1-D and of equal length; got {x.shape} and {y.shape}")
     if len(x) < 2:
-        raise ValueError(f"a scatter with a fit needs at least 2 points; got {len(x)}")
+        raise ConfigError(f"a scatter with a fit needs at least 2 points; got {len(x)}")
     if labels is not None and len(labels) != len(x):
-        raise ValueError(f"got {len(labels)} labels for {len(x)} points")
+        raise ConfigError(f"got {len(labels)} labels for {len(x)} points")
     if not np.isfinite(x).all() or not np.isfinite(y).all():
-        raise ValueError("recalls and scores must be finite numbers (no NaN or inf)")
+        raise ConfigError("recalls and scores must be finite numbers (no NaN or inf)")
     text = list(labels) if labels is not None else None
     fig = go.Figure(
         go.Scatter(
@@ -252,5 +255,5 @@ def _p(p: float) -> str:
 def _grid(values: Any) -> np.ndarray:
     grid = values.detach().cpu().double().numpy() if isinstance(values, torch.Tensor) else np.asarray(values, float)
     if grid.ndim != 2:
-        raise ValueError(f"scores must be a [layer, head] grid; got shape {tuple(grid.shape)}")
+        raise ConfigError(f"scores must be a [layer, head] grid; got shape {tuple(grid.shape)}")
     return grid

@@ -8,6 +8,9 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
+from headscope.errors import ConfigError
+from headscope.heads import Head
+
 
 def head_map(
     values: Float[torch.Tensor, "layer head"] | Float[np.ndarray, "layer head"],
@@ -39,13 +42,13 @@ def head_map(
 
     z = values.detach().cpu().float().numpy() if isinstance(values, torch.Tensor) else np.asarray(values, float)
     if z.ndim != 2:
-        raise ValueError(f"values must be a [layer, head] grid; got shape {tuple(z.shape)}")
+        raise ConfigError(f"values must be a [layer, head] grid; got shape {tuple(z.shape)}")
     n_layers, n_heads = z.shape
     extra = extra or {}
     for name, grid in extra.items():
         if np.shape(grid) != z.shape:
-            raise ValueError(f"extra[{name!r}] has shape {np.shape(grid)}, expected {z.shape}")
-    labels = np.array([[f"L{layer}H{head}" for head in range(n_heads)] for layer in range(n_layers)])
+            raise ConfigError(f"extra[{name!r}] has shape {np.shape(grid)}, expected {z.shape}")
+    labels = np.array([[str(Head(layer, head)) for head in range(n_heads)] for layer in range(n_layers)])
     custom = np.stack([labels, *[np.asarray(g).astype(str) for g in extra.values()]], axis=-1)
     hover = "%{customdata[0]}<br>layer %{y}, head %{x}<br>" + f"{value_name} %{{z:.4g}}"
     hover += "".join(f"<br>{name} %{{customdata[{i + 1}]}}" for i, name in enumerate(extra))

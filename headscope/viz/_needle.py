@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from headscope.errors import ConfigError
+
 __all__ = ["needle_heatmap"]
 
 
@@ -28,10 +30,12 @@ def needle_heatmap(frame: Any, *, value: str = "success", title: str = "") -> An
 
     missing = [c for c in ("length", "depth", value) if c not in frame.columns]
     if missing:
-        raise ValueError(f"needle frame lacks column(s) {missing}; expected length, depth, {value}")
+        raise ConfigError(f"needle frame lacks column(s) {missing}; expected length, depth, {value}")
     rows = frame.dropna(subset=["length", "depth"])
     if rows.empty:
-        raise ValueError("no row has a length and a depth: only needle samples (headscope.tasks.needle_grid) have them")
+        raise ConfigError(
+            "no row has a length and a depth: only needle samples (headscope.tasks.needle_grid) have them"
+        )
     values = rows[value].astype(float)
     cells = values.groupby([rows["length"], rows["depth"]]).agg(["mean", "sum", "count"])
     lengths, depths = sorted(rows["length"].unique()), sorted(rows["depth"].unique())

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from headscope.errors import InputTypeError
 from headscope.viz._attention import AttentionView
 
 __all__ = ["Section", "html_report", "save_report"]
@@ -60,7 +61,7 @@ def html_report(title: str, sections: Sequence[tuple[str, Any] | Section], *, ma
         if _kind(s.content) is None
     ]
     if bad:
-        raise TypeError(
+        raise InputTypeError(
             "report sections must hold a plotly figure, a pandas DataFrame, an AttentionView, "
             "a circuitsvis RenderedHTML or an HTML str; got " + "; ".join(bad)
         )

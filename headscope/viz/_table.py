@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from headscope.errors import ConfigError
+
 __all__ = ["ranked_table"]
 
 
@@ -16,9 +18,9 @@ def ranked_table(frame: Any, *, value: str = "score", shown: int = 20) -> str:
     True
     """
     if value not in frame.columns:
-        raise ValueError(f"frame has no column {value!r} to sort by; columns: {list(frame.columns)}")
+        raise ConfigError(f"frame has no column {value!r} to sort by; columns: {list(frame.columns)}")
     if shown < 1:
-        raise ValueError(f"shown must be at least 1 row; got {shown}")
+        raise ConfigError(f"shown must be at least 1 row; got {shown}")
     ranked = frame.sort_values(value, ascending=False, kind="stable", na_position="last").reset_index(drop=True)
     ranked.index += 1  # the rank
     top = ranked.iloc[:shown].to_html(border=0, classes="frame", float_format=lambda v: f"{v:.4g}")
