@@ -2,8 +2,8 @@
 
 A result is a frozen dataclass that mixes in :class:`Saved`. ``save`` writes its fields as JSON
 with the class name under ``"headscope"`` and returns the path; ``load`` checks the name and
-rebuilds each field from its declared type, so tuples come back as tuples (heads included) and
-tensors with their dtype.
+rebuilds each field from its declared type, so tuples come back as tuples, heads as
+:class:`~headscope.heads.Head` values and tensors with their dtype.
 
 >>> from dataclasses import dataclass
 >>> @dataclass(frozen=True)
@@ -88,6 +88,8 @@ def _decode(value: Any, hint: Any) -> Any:
         return torch.tensor(value["data"], dtype=getattr(torch, value["dtype"]))
     if isinstance(hint, type) and issubclass(hint, Saved):
         return hint.from_dict(value)
+    if isinstance(hint, type) and issubclass(hint, tuple) and hasattr(hint, "_fields"):  # a NamedTuple, e.g. Head
+        return hint(*value)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         concrete = [a for a in args if a is not type(None)]

@@ -42,3 +42,16 @@ def test_loading_a_file_of_another_class_names_both(tmp_path) -> None:
     (tmp_path / "other.json").write_text(json.dumps({"x": 1}))
     with pytest.raises(hs.ConfigError, match="not written by headscope"):
         Correlation.load(tmp_path / "other.json")
+
+
+def test_heads_come_back_as_head_values(tmp_path) -> None:
+    from dataclasses import dataclass
+
+    from headscope.results import Saved
+
+    @dataclass(frozen=True)
+    class Picked(Saved):
+        heads: tuple[hs.Head, ...]
+
+    back = Picked.load(Picked((hs.Head(1, 0), hs.Head(2, 3))).save(tmp_path / "p.json"))
+    assert back.heads == ((1, 0), (2, 3)) and [str(h) for h in back.heads] == ["L1H0", "L2H3"]
