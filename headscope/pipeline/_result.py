@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ from headscope.compare import Correlation
 from headscope.heads import Head
 from headscope.patching import PatchingComparison
 from headscope.pipeline._config import PipelineConfig
+from headscope.results import Saved
 from headscope.retrieval import RetrievalScores
 from headscope.training import FinetuneResult
 
@@ -19,7 +20,7 @@ __all__ = ["PipelineResult", "VariantResult"]
 
 
 @dataclass(frozen=True)
-class VariantResult:
+class VariantResult(Saved):
     """One fine-tuned model: its data, task score on the real task, head set and recall of the real heads.
 
     ``heads`` are the model's retrieval heads (its ``top_k`` best with a positive score, best
@@ -35,10 +36,6 @@ class VariantResult:
     heads: tuple[Head, ...]
     recall: float | None
     jaccard: float | None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> VariantResult:
-        return cls(**{**data, "heads": tuple(tuple(h) for h in data["heads"])})
 
 
 @dataclass(frozen=True)
@@ -82,7 +79,7 @@ class PipelineResult:
 
         rows = [
             {
-                **{k: v for k, v in asdict(v).items() if k != "heads"},
+                **{k: value for k, value in v.to_dict().items() if k != "heads"},
                 "n_heads": len(v.heads),
                 "heads": " ".join(f"L{layer}H{head}" for layer, head in v.heads),
             }
@@ -90,22 +87,32 @@ class PipelineResult:
         ]
         return pd.DataFrame(rows)
 
-    def plot(self) -> dict[str, Any]:
-        """Figures by name: recall against accuracy, the real model's head map, knockout, patching, training loss."""
+    def plot(self) -> Any:
+        """Recall of the real heads against task accuracy, by :func:`~headscope.viz.recall_scatter`.
+
+        Without real retrieval heads there is no recall to draw, and this is the real model's head
+        map instead. :meth:`figures` gives every figure of the run.
+        """
         from headscope.viz import recall_scatter
 
         syn = self.synthetic
-        figures: dict[str, Any] = {}
+        if not all(v.recall is not None for v in syn):
+            return self.scores[self.real.name].plot(title="retrieval scores of the real-data model")
         corr = self.correlations.get("accuracy")
-        if all(v.recall is not None for v in syn):  # without real heads there is no recall to draw
-            figures["recall_vs_accuracy"] = recall_scatter(
-                [v.recall for v in syn],
-                [v.accuracy for v in syn],
-                [v.name for v in syn],
-                correlation=_describe(corr, "accuracy") if corr is not None else "Spearman undefined (see notes)",
-                title="Recall of the real model's retrieval heads against task accuracy",
-                y_title="exact-match accuracy on the real task",
-            )
+        return recall_scatter(
+            [v.recall for v in syn],  # type: ignore[misc]
+            [v.accuracy for v in syn],
+            [v.name for v in syn],
+            correlation=_describe(corr, "accuracy") if corr is not None else "Spearman undefined (see notes)",
+            title="Recall of the real model's retrieval heads against task accuracy",
+            y_title="exact-match accuracy on the real task",
+        )
+
+    def figures(self) -> dict[str, Any]:
+        """Figures by name: recall against accuracy, the real model's head map, knockout, patching, training loss."""
+        figures: dict[str, Any] = {}
+        if all(v.recall is not None for v in self.synthetic):
+            figures["recall_vs_accuracy"] = self.plot()
         figures["real_heads"] = self.scores[self.real.name].plot(title="retrieval scores of the real-data model")
         if self.knockout is not None:
             figures["knockout"] = self.knockout.plot(
@@ -150,7 +157,7 @@ class PipelineResult:
             "format": "headscope.PipelineResult",
             "version": 1,
             "config": self.config.to_dict(),
-            "variants": [asdict(v) for v in self.variants],
+            "variants": [v.to_dict() for v in self.variants],
             "correlations": {k: v is not None for k, v in self.correlations.items()},
             "patch_target": self.patch_target,
             "seconds": self.seconds,

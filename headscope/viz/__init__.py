@@ -22,6 +22,7 @@ from headscope.viz._attention import TopKey as TopKey
 from headscope.viz._attention import attention_view as attention_view
 from headscope.viz._attention import attention_window as attention_window
 from headscope.viz._attention import circuitsvis_script as circuitsvis_script
+from headscope.viz._figures import correlation_figure as correlation_figure
 from headscope.viz._figures import knockout_curve_figure as knockout_curve_figure
 from headscope.viz._figures import recall_scatter as recall_scatter
 from headscope.viz._figures import top_heads_bar as top_heads_bar

@@ -1,4 +1,4 @@
-"""Plotly figures shared by the result objects: top heads, knockout curves, recall scatter.
+"""Plotly figures shared by the result objects: top heads, knockout curves, recall scatter, correlations.
 
 Each function takes plain arrays or a long pandas frame (the contract is in its docstring),
 returns a ``plotly.graph_objects.Figure`` and shows nothing. Result classes call them from
@@ -8,13 +8,16 @@ their ``.plot()``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from jaxtyping import Float
 
-__all__ = ["knockout_curve_figure", "recall_scatter", "top_heads_bar"]
+if TYPE_CHECKING:
+    from headscope.compare import Correlation
+
+__all__ = ["correlation_figure", "knockout_curve_figure", "recall_scatter", "top_heads_bar"]
 
 
 def top_heads_bar(
@@ -61,16 +64,18 @@ def top_heads_bar(
 def knockout_curve_figure(
     frame: Any,
     *,
-    value: str = "accuracy",
+    value: str = "value",
     band: Literal["std", "minmax"] = "std",
     title: str = "",
+    value_name: str = "",
 ) -> Any:
     """Task metric against the number of heads knocked out: top heads versus random heads.
 
     ``frame`` is a long pandas frame with one row per (kind, k, seed) run and columns:
 
     - ``k``: number of heads knocked out (0 for the intact model);
-    - ``value`` (default ``"accuracy"``): the metric of that run;
+    - ``value`` (default ``"value"``, as in :meth:`~headscope.ablation.KnockoutCurve.to_frame`):
+      the metric of that run, named ``value_name`` on the axis (default: the column name);
     - ``kind``: ``"top"`` (the highest-scoring heads) or ``"random"`` (random heads);
     - ``seed``: the random draw (any value, e.g. NaN, for ``"top"`` rows).
 
@@ -79,13 +84,14 @@ def knockout_curve_figure(
     std, so one seed gives a zero-width band) or the min-max range over seeds (``"minmax"``).
 
     >>> import pandas as pd
-    >>> frame = pd.DataFrame({"k": [0, 4, 0, 4, 0, 4], "accuracy": [0.9, 0.2, 0.9, 0.8, 0.9, 0.7],
+    >>> frame = pd.DataFrame({"k": [0, 4, 0, 4, 0, 4], "value": [0.9, 0.2, 0.9, 0.8, 0.9, 0.7],
     ...                       "kind": ["top"] * 2 + ["random"] * 4, "seed": [None, None, 0, 0, 1, 1]})
     >>> [trace.name for trace in knockout_curve_figure(frame).data]
     ['random heads (mean ± std)', 'random heads: upper', 'random heads: lower', 'top heads']
     """
     import plotly.graph_objects as go
 
+    name = value_name or value
     missing = [c for c in ("k", value, "kind", "seed") if c not in frame.columns]
     if missing:
         raise ValueError(
@@ -143,13 +149,13 @@ def knockout_curve_figure(
                 name="top heads",
                 mode="lines+markers",
                 line={"color": "crimson"},
-                hovertemplate="k=%{x}<br>" + value + " %{y:.3g}<extra></extra>",
+                hovertemplate="k=%{x}<br>" + name + " %{y:.3g}<extra></extra>",
             )
         )
     fig.update_layout(
-        title=title or f"{value} with the top heads knocked out, against random heads",
+        title=title or f"{name} with the top heads knocked out, against random heads",
         xaxis_title="heads knocked out (k)",
-        yaxis_title=value,
+        yaxis_title=name,
         width=640,
         height=420,
     )
@@ -224,6 +230,26 @@ def recall_scatter(
         height=460,
     )
     return fig
+
+
+def correlation_figure(
+    correlation: Correlation, *, title: str = "", x_title: str = "recall", y_title: str = "score"
+) -> Any:
+    """A :class:`~headscope.compare.Correlation`'s points with a least-squares line; the title gives its estimate.
+
+    The scatter is :func:`recall_scatter`'s; the title states the estimate, its bootstrap interval,
+    p-value and ``n`` as the correlation measured them (nothing is recomputed).
+
+    >>> from headscope.compare import correlate
+    >>> r = correlate([0.2, 0.4, 0.5, 0.9], [1.0, 3.0, 2.0, 4.0], labels=["a", "b", "c", "d"], n_boot=50)
+    >>> fig = correlation_figure(r)
+    >>> list(fig.data[0].text), fig.layout.title.text.startswith("spearman 0.800")
+    (['a', 'b', 'c', 'd'], True)
+    """
+    c = correlation
+    interval = f"[{c.ci_low:.3f}, {c.ci_high:.3f}] ({c.confidence:.0%} CI)"
+    summary = f"{c.method} {c.value:.3f} {interval}, p={c.p_value:.3g}, n={c.n}"
+    return recall_scatter(c.x, c.y, c.labels, correlation=summary, title=title, x_title=x_title, y_title=y_title)
 
 
 def _least_squares(x: np.ndarray, y: np.ndarray) -> tuple[float, float] | None:
