@@ -110,6 +110,8 @@ class PipelineResult:
 
     def figures(self) -> dict[str, Any]:
         """Figures by name: recall against accuracy, the real model's head map, knockout, patching, training loss."""
+        from headscope.viz import loss_curves
+
         figures: dict[str, Any] = {}
         if all(v.recall is not None for v in self.synthetic):
             figures["recall_vs_accuracy"] = self.plot()
@@ -122,7 +124,7 @@ class PipelineResult:
             figures["patching"] = self.patching.plot(
                 title=f"patching the real model's heads into {self.patch_target} ({self.patching.metric})"
             )
-        figures["training"] = _loss_figure(self.training)
+        figures["training"] = loss_curves({name: run.losses for name, run in self.training.items()})
         if self.pretraining is not None:
             figures["pretraining"] = self.pretraining.plot().update_layout(title="pre-training of the base model")
         return figures
@@ -201,12 +203,3 @@ def _describe(corr: Correlation, score: str) -> str:
         f"Spearman ρ(recall, {score}) = {corr.value:.2f}, {corr.confidence:.0%} bootstrap CI "
         f"[{corr.ci_low:.2f}, {corr.ci_high:.2f}], p = {corr.p_value:.2g}, n = {corr.n}"
     )
-
-
-def _loss_figure(training: dict[str, FinetuneResult]) -> Any:
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    for name, run in training.items():
-        fig.add_trace(go.Scatter(y=list(run.losses), mode="lines", name=name))
-    return fig.update_layout(title="fine-tuning loss per variant", xaxis_title="step", yaxis_title="answer loss")
