@@ -40,7 +40,7 @@ def main() -> None:
     result.to_frame().to_csv(args.out / "variants.csv", index=False)
     (args.out / "summary.txt").write_text(summary + "\n")
     sections = [("Summary", f"<pre>{html.escape(summary)}</pre>"), ("Variants", result.to_frame())]
-    sections += [(name.replace("_", " "), fig) for name, fig in result.plot().items()]
+    sections += [(name.replace("_", " "), fig) for name, fig in result.figures().items()]
     report = save_report(args.out / "report.html", "Synthetic vs real: retrieval heads", sections)
     print(f"wrote {args.out}/result/, variants.csv, summary.txt and {report}")
 

@@ -202,7 +202,7 @@ def _knockout(args: argparse.Namespace) -> int:
     frame = curve.to_frame()
     frame.to_csv(out / "knockout.csv", index=False)
     _report(out, f"Knockout on {args.model}", [("Accuracy against heads knocked out", curve.plot()), ("Data", frame)])
-    print(frame.groupby(["kind", "k"])["accuracy"].mean().unstack(0).to_string())
+    print(frame.groupby(["kind", "k"])["value"].mean().unstack(0).to_string())
     print(f"wrote {out}/knockout.json, knockout.csv, report.html")
     return 0
 

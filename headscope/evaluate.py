@@ -15,6 +15,7 @@ from headscope.errors import ConfigError
 from headscope.models import model_info, tokenizer_of
 from headscope.retrieval import RougeRecall, greedy_steps
 from headscope.tasks import Sample
+from headscope.tasks._forced import answer_logits
 
 __all__ = ["answer_accuracy", "generate_answer", "retrieval_success"]
 
@@ -61,10 +62,6 @@ def answer_accuracy(model: Any, sample: Sample) -> float:
     n = len(enc.answer_ids)
     if n == 0:
         raise ConfigError("the sample's answer is empty: nothing to score")
-    tokens = torch.cat([enc.input_ids, enc.answer_ids])
-    model_info(model).check_length(len(tokens))
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        logits = model(tokens[None].to(device))[0]
-    predicted = logits[len(enc.input_ids) - 1 : -1].argmax(-1).cpu()
+    model_info(model).check_length(len(enc.input_ids) + n)
+    predicted = answer_logits(model, enc).argmax(-1).cpu()
     return (predicted == enc.answer_ids).float().mean().item()

@@ -40,7 +40,7 @@ class Saved:
     """Mixin for frozen dataclass results: ``to_dict``/``from_dict`` and ``save``/``load`` as JSON."""
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as JSON-ready values (tensors as ``{"dtype", "data"}``)."""
+        """The fields as JSON-ready values (tensors as ``{"dtype", "shape", "data"}``)."""
         return {f.name: _encode(getattr(self, f.name)) for f in fields(self)}  # type: ignore[arg-type]
 
     @classmethod
@@ -71,7 +71,8 @@ class Saved:
 
 def _encode(value: Any) -> Any:
     if isinstance(value, Tensor):
-        return {"dtype": str(value.dtype).removeprefix("torch."), "data": value.detach().cpu().tolist()}
+        dtype = str(value.dtype).removeprefix("torch.")
+        return {"dtype": dtype, "shape": list(value.shape), "data": value.detach().cpu().tolist()}
     if isinstance(value, Saved):
         return value.to_dict()
     if isinstance(value, (tuple, list)):
@@ -85,7 +86,8 @@ def _decode(value: Any, hint: Any) -> Any:
     if value is None:
         return None
     if getattr(hint, "array_type", None) is Tensor or hint is Tensor:  # jaxtyping Float[Tensor, ...] or Tensor
-        return torch.tensor(value["data"], dtype=getattr(torch, value["dtype"]))
+        tensor = torch.tensor(value["data"], dtype=getattr(torch, value["dtype"]))
+        return tensor.reshape(value["shape"]) if "shape" in value else tensor  # an empty tensor keeps its shape
     if isinstance(hint, type) and issubclass(hint, Saved):
         return hint.from_dict(value)
     if isinstance(hint, type) and issubclass(hint, tuple) and hasattr(hint, "_fields"):  # a NamedTuple, e.g. Head

@@ -9,6 +9,7 @@ from scipy import stats
 
 from headscope.compare import Correlation, RankAgreement, correlate, head_set, jaccard, rank_correlation, recall
 from headscope.errors import HeadIndexError, HeadscopeError, ModelMismatchError
+from headscope.viz import correlation_figure
 
 # -- recall, jaccard, head_set ------------------------------------------------------------------
 
@@ -198,7 +199,9 @@ def test_correlation_round_trips_and_plots(tmp_path):
     assert Correlation.load(tmp_path / "c.json") == r
     assert r.to_frame().label.tolist() == ["a", "b", "c", "d"]
     fig = r.plot(title="recall vs score")
-    assert len(fig.data) == 2 and "spearman" in fig.layout.title.text
+    assert fig.to_dict() == correlation_figure(r, title="recall vs score").to_dict()
+    assert [t.name for t in fig.data] == ["variants", "least-squares fit"] and "spearman" in fig.layout.title.text
+    assert f"{r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" in fig.layout.title.text
 
 
 @pytest.mark.parametrize(

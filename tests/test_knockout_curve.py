@@ -13,6 +13,7 @@ from headscope.ablation import KnockoutCurve, knockout, knockout_curve
 from headscope.errors import HeadIndexError
 from headscope.heads import random_heads
 from headscope.tasks import Sample, Span
+from headscope.viz import knockout_curve_figure
 
 
 def answer_logprob(model, sample: Sample) -> float:
@@ -113,18 +114,21 @@ def test_random_heads_are_drawn_outside_the_top_of_the_ranking(curve):
 
 def test_curve_frame_band_and_round_trip(curve, tmp_path):
     frame = curve.to_frame()
-    assert list(frame.columns) == ["k", "kind", "seed", "accuracy"]
+    assert list(frame.columns) == ["k", "kind", "seed", "value"]
     assert len(frame) == (1 + 2) + 2 * (1 + 2)
-    assert (frame[frame.k == 0].accuracy == curve.baseline).all()
-    random_k2 = frame[(frame.kind == "random") & (frame.k == 2)].accuracy
+    assert (frame[frame.k == 0].value == curve.baseline).all()
+    random_k2 = frame[(frame.kind == "random") & (frame.k == 2)].value
     assert curve.random_mean()[1] == pytest.approx(random_k2.mean())
     assert curve.random_std()[1] == pytest.approx(random_k2.std(ddof=0))
     fig = curve.plot()
-    assert [trace.name for trace in fig.data][-1] == "top-ranked heads"
-    upper, lower = fig.data[0].y, fig.data[1].y
+    assert fig.to_dict() == knockout_curve_figure(frame, title=fig.layout.title.text, value_name="score").to_dict()
+    traces = {trace.name: trace for trace in fig.data}
+    upper, lower = traces["random heads: upper"].y, traces["random heads: lower"].y
     assert np.allclose(np.asarray(upper) - np.asarray(lower), 2 * np.concatenate([[0], curve.random_std()]))
-    curve.save(tmp_path / "curve.json")
-    assert KnockoutCurve.load(tmp_path / "curve.json") == curve
+    assert np.allclose(traces["top heads"].y, [curve.baseline, *curve.top])
+    path = curve.save(tmp_path / "curve.json")
+    assert path == tmp_path / "curve.json" and KnockoutCurve.load(path) == curve
+    assert isinstance(KnockoutCurve.load(path).random_sets[0][0][0], tuple)
 
 
 def test_edge_and_mean_curves_resolve_spans_and_means_per_run(model, samples):

@@ -136,9 +136,9 @@ def test_writing_wu_format_needs_per_sample_scores(tmp_path: Path) -> None:
 def test_frame_has_one_row_per_head_in_long_format(per_sample: torch.Tensor) -> None:
     scores = make(per_sample)
     frame = scores.to_frame()
-    assert list(frame.columns) == ["layer", "head", "label", "score", "hit_sum", "n_counted"]
+    assert list(frame.columns) == ["layer", "head", "label", "value", "hit_sum", "n_counted"]
     row = frame[frame.label == "L2H1"].iloc[0]
-    assert (row["layer"], row["head"]) == (2, 1) and row["score"] == pytest.approx(float(per_sample[:, 2, 1].mean()))
+    assert (row["layer"], row["head"]) == (2, 1) and row["value"] == pytest.approx(float(per_sample[:, 2, 1].mean()))
     assert len(frame) == 12 and (frame.n_counted == 5).all()
 
 

@@ -39,7 +39,7 @@ def _knockout_frame() -> pd.DataFrame:
         for seed, accs in enumerate([[0.9, 0.85, 0.8], [0.9, 0.8, 0.6], [0.9, 0.9, 0.7]])
         for k, acc in zip([0, 2, 4], accs, strict=True)
     ]
-    return pd.DataFrame(top + random, columns=["k", "accuracy", "kind", "seed"])
+    return pd.DataFrame(top + random, columns=["k", "value", "kind", "seed"])
 
 
 @pytest.mark.parametrize("band", ["std", "minmax"])
@@ -63,7 +63,7 @@ def test_knockout_curve_draws_top_line_and_random_band(band):
 
 
 def test_knockout_curve_uses_the_named_metric_and_top_rows_alone():
-    frame = _knockout_frame().rename(columns={"accuracy": "logprob"})
+    frame = _knockout_frame().rename(columns={"value": "logprob"})
     fig = knockout_curve_figure(frame[frame["kind"] == "top"], value="logprob")
     assert [t.name for t in fig.data] == ["top heads"]
     assert fig.layout.yaxis.title.text == "logprob"
@@ -71,7 +71,7 @@ def test_knockout_curve_uses_the_named_metric_and_top_rows_alone():
 
 def test_knockout_curve_rejects_frames_that_break_the_contract():
     frame = _knockout_frame()
-    with pytest.raises(ValueError, match=r"lacks column\(s\) \['seed'\]; expected k, accuracy, kind, seed"):
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['seed'\]; expected k, value, kind, seed"):
         knockout_curve_figure(frame.drop(columns="seed"))
     with pytest.raises(ValueError, match=r"kind must be 'top' or 'random'; got \['random', 'top', 'zero'\]"):
         knockout_curve_figure(frame.assign(kind=["zero", *frame["kind"][1:]]))
@@ -158,7 +158,7 @@ def test_head_map_outlines_heads_above_the_threshold_and_labels_the_top():
 
 
 def test_ranked_table_shows_the_top_rows_and_folds_the_rest():
-    frame = pd.DataFrame({"label": [f"L0H{i}" for i in range(30)], "score": np.r_[np.linspace(0, 1, 29), np.nan]})
+    frame = pd.DataFrame({"label": [f"L0H{i}" for i in range(30)], "value": np.r_[np.linspace(0, 1, 29), np.nan]})
     page = ranked_table(frame, shown=20)
     top, folded = page.split("<details>")
     order = [f"L0H{i}" for i in range(28, -1, -1)] + ["L0H29"]

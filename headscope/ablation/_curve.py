@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
 from tqdm.auto import tqdm
 
 from headscope.ablation._inputs import encoded
@@ -19,7 +16,11 @@ from headscope.ablation._spec import Knockout, Route
 from headscope.errors import ConfigError, HeadIndexError
 from headscope.heads import Head, random_heads
 from headscope.models import model_info
+from headscope.results import Saved
 from headscope.tasks import Sample
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["KnockoutCurve", "knockout_curve"]
 
@@ -36,7 +37,7 @@ _FLAT = (
 
 
 @dataclass(frozen=True)
-class KnockoutCurve:
+class KnockoutCurve(Saved):
     """Mean task score after knocking out the top ``k`` heads of a ranking, and ``k`` random heads.
 
     ``top[i]`` is the score with ``ranking[:ks[i]]`` knocked out; ``random[s][i]`` the score with
@@ -67,58 +68,32 @@ class KnockoutCurve:
         return np.asarray(self.random, dtype=float).std(axis=0)
 
     def to_frame(self) -> pd.DataFrame:
-        """Long frame, one row per run: ``k``, ``kind`` ("top" / "random"), ``seed`` (NaN for top), ``accuracy``.
+        """Long frame, one row per run: ``k``, ``kind`` ("top" / "random"), ``seed`` (NaN for top), ``value``.
 
-        ``accuracy`` is the mean of ``score_fn`` over the samples (whatever it measures). ``k=0`` rows
+        ``value`` is the mean of ``score_fn`` over the samples (whatever it measures). ``k=0`` rows
         hold the intact model's score, once for "top" and once per seed for "random", so each curve
         starts at the baseline (the frame :func:`headscope.viz.knockout_curve_figure` draws).
         """
-        rows = [{"k": 0, "kind": "top", "seed": np.nan, "accuracy": self.baseline}]
-        rows += [{"k": k, "kind": "top", "seed": np.nan, "accuracy": s} for k, s in zip(self.ks, self.top, strict=True)]
+        import pandas as pd
+
+        rows = [{"k": 0, "kind": "top", "seed": np.nan, "value": self.baseline}]
+        rows += [{"k": k, "kind": "top", "seed": np.nan, "value": s} for k, s in zip(self.ks, self.top, strict=True)]
         for seed, scores in zip(self.seeds, self.random, strict=True):
-            rows.append({"k": 0, "kind": "random", "seed": seed, "accuracy": self.baseline})
-            rows += [
-                {"k": k, "kind": "random", "seed": seed, "accuracy": s} for k, s in zip(self.ks, scores, strict=True)
-            ]
+            rows.append({"k": 0, "kind": "random", "seed": seed, "value": self.baseline})
+            rows += [{"k": k, "kind": "random", "seed": seed, "value": s} for k, s in zip(self.ks, scores, strict=True)]
         return pd.DataFrame(rows)
 
     def plot(self, title: str = "") -> Any:
-        """Score against ``k``: the top-ranked heads as a line, random heads as mean ± std band."""
-        import plotly.graph_objects as go
+        """Score against ``k``: top-ranked against random heads, by :func:`~headscope.viz.knockout_curve_figure`."""
+        from headscope.viz import knockout_curve_figure
 
-        ks = [0, *self.ks]
-        mean = np.concatenate([[self.baseline], self.random_mean()])
-        std = np.concatenate([[0.0], self.random_std()])
-        fig = go.Figure()
-        fig.add_trace(go.Scatter(x=ks, y=mean + std, mode="lines", line={"width": 0}, showlegend=False))
-        fig.add_trace(
-            go.Scatter(
-                x=ks, y=mean - std, mode="lines", line={"width": 0}, fill="tonexty", name="random ± std", opacity=0.3
-            )
-        )
-        fig.add_trace(go.Scatter(x=ks, y=mean, mode="lines+markers", name=f"random heads ({len(self.seeds)} seeds)"))
-        fig.add_trace(go.Scatter(x=ks, y=[self.baseline, *self.top], mode="lines+markers", name="top-ranked heads"))
-        fig.update_layout(
+        return knockout_curve_figure(
+            self.to_frame(),
             title=title
             or f"{self.mode} knockout at {self.positions} positions{f' on {self.model}' if self.model else ''} "
             f"({self.n_samples} samples)",
-            xaxis_title="heads knocked out",
-            yaxis_title="score",
+            value_name="score",
         )
-        return fig
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self)))
-
-    @classmethod
-    def load(cls, path: str | Path) -> KnockoutCurve:
-        data = json.loads(Path(path).read_text())
-        heads = lambda seq: tuple(tuple(h) for h in seq)  # noqa: E731
-        data["ks"], data["top"], data["seeds"] = tuple(data["ks"]), tuple(data["top"]), tuple(data["seeds"])
-        data["random"] = tuple(tuple(r) for r in data["random"])
-        data["ranking"] = heads(data["ranking"])
-        data["random_sets"] = tuple(tuple(heads(s) for s in per_seed) for per_seed in data["random_sets"])
-        return cls(**data)
 
 
 def knockout_curve(

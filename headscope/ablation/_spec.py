@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from headscope.errors import ConfigError, HeadIndexError, ModelMismatchError, SpanError
 from headscope.heads import Head, as_heads
+from headscope.results import Saved
 
 if TYPE_CHECKING:
     from headscope.models import ModelInfo
@@ -26,7 +25,7 @@ __all__ = ["MODES", "Knockout", "Mode", "Route"]
 
 
 @dataclass(frozen=True)
-class Knockout:
+class Knockout(Saved):
     """Which heads to knock out, how, and where.
 
     Modes (Wu et al. 2024 use ``"uniform"``):
@@ -131,30 +130,6 @@ class Knockout:
         from headscope.ablation._apply import apply_knockout
 
         return apply_knockout(model, self, sample=sample, route=route)
-
-    # -- persistence -------------------------------------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Knockout:
-        data = dict(data)
-        data["heads"] = [tuple(h) for h in data["heads"]]
-        for key in ("keys", "queries"):
-            if data.get(key) is not None:
-                data[key] = tuple(data[key])
-        if data.get("means") is not None:
-            data["means"] = tuple(tuple(m) for m in data["means"])
-        return cls(**data)
-
-    def save(self, path: str | Path) -> None:
-        """Write the spec as JSON (floats written exactly, so :meth:`load` round-trips)."""
-        Path(path).write_text(json.dumps(self.to_dict()))
-
-    @classmethod
-    def load(cls, path: str | Path) -> Knockout:
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 def _positions(values: Iterable[int], name: str) -> tuple[int, ...]:

@@ -48,26 +48,10 @@ class Correlation(Saved):
         return pd.DataFrame({"label": list(self.labels), "x": list(self.x), "y": list(self.y)})
 
     def plot(self, title: str = "", x_title: str = "recall", y_title: str = "score") -> Any:
-        """Scatter of the points with a least-squares line; the title gives the estimate and its interval."""
-        import plotly.graph_objects as go
+        """Scatter of the points with a least-squares line, by :func:`~headscope.viz.correlation_figure`."""
+        from headscope.viz import correlation_figure
 
-        x, y = np.asarray(self.x), np.asarray(self.y)
-        slope, intercept = np.polyfit(x, y, 1)
-        line_x = np.array([x.min(), x.max()])
-        fig = go.Figure(
-            [
-                go.Scatter(
-                    x=x, y=y, mode="markers+text", text=list(self.labels), textposition="top center", name="points"
-                ),
-                go.Scatter(x=line_x, y=slope * line_x + intercept, mode="lines", name="least-squares fit"),
-            ]
-        )
-        summary = (
-            f"{self.method} {self.value:.3f} [{self.ci_low:.3f}, {self.ci_high:.3f}] "
-            f"({self.confidence:.0%} CI), p={self.p_value:.3g}, n={self.n}"
-        )
-        fig.update_layout(title=f"{title}<br>{summary}" if title else summary, xaxis_title=x_title, yaxis_title=y_title)
-        return fig
+        return correlation_figure(self, title=title, x_title=x_title, y_title=y_title)
 
 
 def _statistic(x: np.ndarray, y: np.ndarray, method: str) -> np.ndarray:

@@ -70,23 +70,12 @@ class RankAgreement(Saved):
         )
 
     def plot(self, title: str = "") -> Any:
-        """Scatter of the two scores per head; heads in either top-k are highlighted."""
-        import plotly.graph_objects as go
+        """Scatter of the two scores per head, top-k heads highlighted: :func:`~headscope.viz.rank_scatter`."""
+        from headscope.viz import rank_scatter
 
-        frame = self.to_frame()
-        group = np.where(
-            frame.top_a & frame.top_b, "top-k in both", np.where(frame.top_a | frame.top_b, "top-k in one", "other")
+        return rank_scatter(
+            self.to_frame(), title=title or f"Spearman {self.spearman:.3f}, top-{self.top_k} overlap {self.overlap:.2f}"
         )
-        fig = go.Figure()
-        for name in ("other", "top-k in one", "top-k in both"):
-            part = frame[group == name]
-            fig.add_trace(go.Scatter(x=part.score_a, y=part.score_b, mode="markers", name=name, text=part.label))
-        fig.update_layout(
-            title=title or f"Spearman {self.spearman:.3f}, top-{self.top_k} overlap {self.overlap:.2f}",
-            xaxis_title="score a",
-            yaxis_title="score b",
-        )
-        return fig
 
 
 def rank_correlation(scores_a: Scores, scores_b: Scores, *, top_k: int = 20) -> RankAgreement:

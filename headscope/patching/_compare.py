@@ -72,18 +72,10 @@ class PatchingComparison(Saved):
         return pd.DataFrame(rows)
 
     def plot(self, *, title: str | None = None) -> Any:
-        """Bar chart of the metric per run, random sets as individual points around their mean."""
-        import plotly.graph_objects as go
+        """The metric per head set, random sets around their mean: :func:`~headscope.viz.patching_sets_figure`."""
+        from headscope.viz import patching_sets_figure
 
-        frame = self.to_frame()
-        fixed = frame[frame.kind != "random"]
-        rand = frame[frame.kind == "random"]
-        fig = go.Figure(go.Bar(x=list(fixed["set"]), y=list(fixed["value"]), name=self.metric))
-        if len(rand):
-            fig.add_bar(x=["random"], y=[float(rand["value"].mean())], name="random (mean)")
-            fig.add_scatter(x=["random"] * len(rand), y=list(rand["value"]), mode="markers", name="random sets")
-        fig.update_layout(title=title or f"patching source into target: {self.metric}", yaxis_title=self.metric)
-        return fig
+        return patching_sets_figure(self.to_frame(), metric=self.metric, title=title or "")
 
 
 def compare_patching(

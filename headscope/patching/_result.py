@@ -89,7 +89,7 @@ class PatchingResult(Saved):
 
     def plot(self, *, title: str | None = None) -> Any:
         """Heatmap of the effects (``values - baseline``), diverging colours centred on 0."""
-        from headscope.viz._heads import head_map
+        from headscope.viz import head_map
 
         label = "attribution" if self.method == "attribution" else "patching"
         return head_map(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ from headscope.compare import Correlation
 from headscope.heads import Head, as_heads
 from headscope.patching import PatchingComparison
 from headscope.pipeline._config import PipelineConfig
+from headscope.results import Saved
 from headscope.retrieval import RetrievalScores
 from headscope.training import FinetuneResult
 
@@ -19,7 +20,7 @@ __all__ = ["PipelineResult", "VariantResult"]
 
 
 @dataclass(frozen=True)
-class VariantResult:
+class VariantResult(Saved):
     """One fine-tuned model: its data, task score on the real task, head set and recall of the real heads.
 
     ``heads`` are the model's retrieval heads (its ``top_k`` best with a positive score, best
@@ -35,10 +36,6 @@ class VariantResult:
     heads: tuple[Head, ...]
     recall: float | None
     jaccard: float | None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> VariantResult:
-        return cls(**{**data, "heads": tuple(tuple(h) for h in data["heads"])})
 
 
 @dataclass(frozen=True)
@@ -82,7 +79,7 @@ class PipelineResult:
 
         rows = [
             {
-                **{k: v for k, v in asdict(v).items() if k != "heads"},
+                **{k: value for k, value in v.to_dict().items() if k != "heads"},
                 "n_heads": len(v.heads),
                 "heads": " ".join(map(str, as_heads(v.heads))),
             }
@@ -90,22 +87,34 @@ class PipelineResult:
         ]
         return pd.DataFrame(rows)
 
-    def plot(self) -> dict[str, Any]:
-        """Figures by name: recall against accuracy, the real model's head map, knockout, patching, training loss."""
+    def plot(self) -> Any:
+        """Recall of the real heads against task accuracy, by :func:`~headscope.viz.recall_scatter`.
+
+        Without real retrieval heads there is no recall to draw, and this is the real model's head
+        map instead. :meth:`figures` gives every figure of the run.
+        """
         from headscope.viz import recall_scatter
 
         syn = self.synthetic
-        figures: dict[str, Any] = {}
+        if not all(v.recall is not None for v in syn):
+            return self.scores[self.real.name].plot(title="retrieval scores of the real-data model")
         corr = self.correlations.get("accuracy")
-        if all(v.recall is not None for v in syn):  # without real heads there is no recall to draw
-            figures["recall_vs_accuracy"] = recall_scatter(
-                [v.recall for v in syn],
-                [v.accuracy for v in syn],
-                [v.name for v in syn],
-                correlation=_describe(corr, "accuracy") if corr is not None else "Spearman undefined (see notes)",
-                title="Recall of the real model's retrieval heads against task accuracy",
-                y_title="exact-match accuracy on the real task",
-            )
+        return recall_scatter(
+            [v.recall for v in syn],  # type: ignore[misc]
+            [v.accuracy for v in syn],
+            [v.name for v in syn],
+            correlation=_describe(corr, "accuracy") if corr is not None else "Spearman undefined (see notes)",
+            title="Recall of the real model's retrieval heads against task accuracy",
+            y_title="exact-match accuracy on the real task",
+        )
+
+    def figures(self) -> dict[str, Any]:
+        """Figures by name: recall against accuracy, the real model's head map, knockout, patching, training loss."""
+        from headscope.viz import loss_curves
+
+        figures: dict[str, Any] = {}
+        if all(v.recall is not None for v in self.synthetic):
+            figures["recall_vs_accuracy"] = self.plot()
         figures["real_heads"] = self.scores[self.real.name].plot(title="retrieval scores of the real-data model")
         if self.knockout is not None:
             figures["knockout"] = self.knockout.plot(
@@ -115,7 +124,7 @@ class PipelineResult:
             figures["patching"] = self.patching.plot(
                 title=f"patching the real model's heads into {self.patch_target} ({self.patching.metric})"
             )
-        figures["training"] = _loss_figure(self.training)
+        figures["training"] = loss_curves({name: run.losses for name, run in self.training.items()})
         if self.pretraining is not None:
             figures["pretraining"] = self.pretraining.plot().update_layout(title="pre-training of the base model")
         return figures
@@ -150,7 +159,7 @@ class PipelineResult:
             "format": "headscope.PipelineResult",
             "version": 1,
             "config": self.config.to_dict(),
-            "variants": [asdict(v) for v in self.variants],
+            "variants": [v.to_dict() for v in self.variants],
             "correlations": {k: v is not None for k, v in self.correlations.items()},
             "patch_target": self.patch_target,
             "seconds": self.seconds,
@@ -194,12 +203,3 @@ def _describe(corr: Correlation, score: str) -> str:
         f"Spearman ρ(recall, {score}) = {corr.value:.2f}, {corr.confidence:.0%} bootstrap CI "
         f"[{corr.ci_low:.2f}, {corr.ci_high:.2f}], p = {corr.p_value:.2g}, n = {corr.n}"
     )
-
-
-def _loss_figure(training: dict[str, FinetuneResult]) -> Any:
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    for name, run in training.items():
-        fig.add_trace(go.Scatter(y=list(run.losses), mode="lines", name=name))
-    return fig.update_layout(title="fine-tuning loss per variant", xaxis_title="step", yaxis_title="answer loss")

@@ -11,6 +11,7 @@ import torch
 from headscope.errors import ConfigError
 from headscope.models import tokenizer_of
 from headscope.tasks import Sample
+from headscope.tasks._forced import answer_logits
 
 __all__ = ["TaskScore", "answer_correct", "task_score"]
 
@@ -27,11 +28,8 @@ class TaskScore:
 def _answer_logits(model: Any, sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits of the rows that predict each answer token (one forward over prompt + answer), and the answer ids."""
     enc = sample.encode(tokenizer_of(model))
-    device = next(model.parameters()).device
-    tokens = torch.cat([enc.input_ids, enc.answer_ids[:-1]])[None].to(device)
-    with torch.no_grad():
-        logits = model(tokens)[0, -len(enc.answer_ids) :]
-    return logits.float(), enc.answer_ids.to(device)
+    logits = answer_logits(model, enc)
+    return logits.float(), enc.answer_ids.to(logits.device)
 
 
 def answer_correct(model: Any, sample: Sample) -> float:

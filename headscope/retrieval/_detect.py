@@ -49,6 +49,7 @@ from headscope.retrieval._routes import Attention, EagerRoute, choose_route
 from headscope.retrieval._scores import RetrievalScores, Score
 from headscope.retrieval._top1 import count_hits, needle_mask
 from headscope.tasks import Sample
+from headscope.tasks._forced import forced_batch
 
 __all__ = ["Mode", "detect_retrieval_heads"]
 
@@ -167,23 +168,14 @@ def _teacher_forced(
     device = route.device
     for first in range(0, len(prepared), batch_size):
         batch = prepared[first : first + batch_size]
-        seqs = [torch.cat([p.input_ids, p.answer_ids[:-1]]) for p in batch]
-        n_rows = max(p.answer_ids.numel() for p in batch)
-        tokens = torch.zeros(len(batch), max(s.numel() for s in seqs), dtype=torch.long)
-        attention_mask = torch.zeros_like(tokens)
-        rows = torch.zeros(len(batch), n_rows, dtype=torch.long)
-        for b, (p, seq) in enumerate(zip(batch, seqs, strict=True)):
-            tokens[b, : seq.numel()] = seq
-            attention_mask[b, : seq.numel()] = 1
-            # Row of the token before answer token t; short answers repeat their last row.
-            rows[b] = p.input_ids.numel() - 1 + torch.arange(n_rows).clamp(max=p.answer_ids.numel() - 1)
-        tokens, rows = tokens.to(device), rows.to(device)
+        forced = forced_batch(batch).to(device)
+        tokens = forced.tokens
         needles = torch.stack([needle_mask(tokens.shape[1], p.spans, device) for p in batch]) if mass else None
-        logits, reads = route.forward(tokens, rows, needles, attention_mask.to(device))
+        logits, reads = route.forward(tokens, forced.rows, needles, forced.attention_mask)
         predicted = logits.argmax(-1)
         del logits
-        for b, (p, seq) in enumerate(zip(batch, seqs, strict=True)):
-            n = p.answer_ids.numel()
+        for b, (p, n) in enumerate(zip(batch, forced.lengths, strict=True)):
+            seq = tokens[b, : p.input_ids.numel() + n - 1]
             if mass:
                 yield p, reads.mass[:, b, :, :n].to(torch.float64).mean(-1).cpu(), predicted[b, :n]  # type: ignore[index]
                 continue

@@ -14,10 +14,8 @@ after the last chosen layer. :func:`headscope.viz.attention_view` draws the resu
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -28,16 +26,15 @@ from headscope.errors import ConfigError, ModelError, SpanError
 from headscope.heads import Head
 from headscope.hooks import attached, attn_hook
 from headscope.models import model_info, tokenizer_of
+from headscope.results import Saved
 from headscope.tasks import Sample
 from headscope.viz._attention import MAX_SHOWN
 
 __all__ = ["AttentionRows", "record_attention"]
 
-_FORMAT = "headscope.AttentionRows"
-
 
 @dataclass(frozen=True, eq=False)
-class AttentionRows:
+class AttentionRows(Saved):
     """Attention of some heads among a few kept tokens of a longer input, with each query row's top key.
 
     ``pattern[h, i, j]`` is head ``heads[h]``'s attention from the token at ``positions[i]`` to
@@ -111,54 +108,6 @@ class AttentionRows:
         from headscope.viz import attention_view
 
         return attention_view(self, **kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": _FORMAT,
-            "version": 1,
-            "pattern": self.pattern.tolist(),
-            "positions": list(self.positions),
-            "tokens": list(self.tokens),
-            "heads": [list(h) for h in self.heads],
-            "query_positions": list(self.query_positions),
-            "top_keys": self.top_keys.tolist(),
-            "top_values": self.top_values.tolist(),
-            "top_tokens": [list(t) for t in self.top_tokens],
-            "focus": list(self.focus),
-            "n_tokens": self.n_tokens,
-            "needle_label": self.needle_label,
-            "meta": dict(self.meta),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> AttentionRows:
-        if data.get("format") != _FORMAT:
-            raise ConfigError(f"not a saved AttentionRows (format={data.get('format')!r}, expected 'attention-rows')")
-        n_heads, n_queries = len(data["heads"]), len(data["query_positions"])
-        return cls(
-            torch.tensor(data["pattern"], dtype=torch.float32).reshape(n_heads, *[len(data["positions"])] * 2),
-            tuple(data["positions"]),
-            tuple(data["tokens"]),
-            tuple((int(layer), int(head)) for layer, head in data["heads"]),
-            tuple(data["query_positions"]),
-            torch.tensor(data["top_keys"], dtype=torch.long).reshape(n_heads, n_queries),
-            torch.tensor(data["top_values"], dtype=torch.float32).reshape(n_heads, n_queries),
-            tuple(tuple(t) for t in data["top_tokens"]),
-            tuple(data["focus"]),
-            int(data["n_tokens"]),
-            data["needle_label"],
-            data["meta"],
-        )
-
-    def save(self, path: str | Path) -> Path:
-        """Write JSON (float32 values as shortest round-trip decimals, so :meth:`load` is exact)."""
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> AttentionRows:
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
 def record_attention(

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from headscope.errors import ConfigError, ModelMismatchError
 from headscope.heads import Head, parse_head
+from headscope.results import Saved
 
 __all__ = ["RETRIEVAL_THRESHOLD", "RetrievalScores", "Score"]
 
@@ -32,11 +33,11 @@ Score = Literal["copy", "mass"]
 
 #: Wu et al.'s cut: heads scoring above 0.1 are retrieval heads.
 RETRIEVAL_THRESHOLD = 0.1
-_FORMAT = "headscope.RetrievalScores"
+_FORMAT = "headscope.RetrievalScores"  # how files were marked before every result saved through Saved
 
 
 @dataclass(frozen=True, eq=False)
-class RetrievalScores:
+class RetrievalScores(Saved):
     """Retrieval scores of every head of one model, from one detection run or several merged.
 
     ``hit_sums[l, h]`` adds up, over counted samples, hits / needle length (``score="copy"``) or
@@ -167,7 +168,7 @@ class RetrievalScores:
         )
 
     def to_frame(self) -> Any:
-        """Long frame: one row per head with layer, head, label, score, hit_sum, n_counted."""
+        """Long frame: one row per head with layer, head, label, value (the score), hit_sum, n_counted."""
         import pandas as pd
 
         n_layers, n_heads = self.shape
@@ -178,14 +179,14 @@ class RetrievalScores:
                 "layer": layers,
                 "head": heads,
                 "label": [str(Head(layer, head)) for layer, head in zip(layers, heads, strict=True)],
-                "score": self.scores.flatten().tolist(),
+                "value": self.scores.flatten().tolist(),
                 "hit_sum": self.hit_sums.flatten().tolist(),
                 "n_counted": self.n_counted,
             }
         )
 
-    def plot(self, title: str | None = None) -> Any:
-        """A layer-by-head heatmap of the scores; hover shows the samples behind each."""
+    def plot(self, title: str | None = None, *, threshold: float | None = RETRIEVAL_THRESHOLD) -> Any:
+        """:func:`~headscope.viz.head_map` of the scores (above ``threshold`` outlined); hover shows the samples."""
         from headscope.viz import head_map
 
         counts = torch.full(self.shape, self.n_counted).numpy()
@@ -194,50 +195,20 @@ class RetrievalScores:
             title=title or f"retrieval scores: {self.model} ({self.mode}, {self.score}, {self.n_counted} samples)",
             value_name="retrieval score" if self.score == "copy" else "needle attention mass",
             extra={"n samples": counts},
+            threshold=threshold,
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": _FORMAT,
-            "version": 1,
-            "model": self.model,
-            "mode": self.mode,
-            "score": self.score,
-            "settings": self.settings,
-            "n_counted": self.n_counted,
-            "n_samples": self.n_samples,
-            "hit_sums": self.hit_sums.tolist(),
-            "per_sample": None if self.per_sample is None else self.per_sample.tolist(),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RetrievalScores:
-        if data.get("format") != _FORMAT:
-            raise ConfigError(
-                f"not a saved RetrievalScores (format={data.get('format')!r}); for Wu et al.'s files use from_wu_json"
-            )
-        shape = (len(data["hit_sums"]), len(data["hit_sums"][0]) if data["hit_sums"] else 0)
-        per = data["per_sample"]
-        return cls(
-            torch.tensor(data["hit_sums"], dtype=torch.float64),
-            int(data["n_counted"]),
-            int(data["n_samples"]),
-            data["model"],
-            data["mode"],
-            data["settings"],
-            None if per is None else torch.tensor(per, dtype=torch.float64).reshape(len(per), *shape),
-            data.get("score", "copy"),  # files written before scores had names hold copy scores
-        )
-
-    def save(self, path: str | Path) -> Path:
-        """Write JSON: float64 values written as shortest round-trip decimals, so :meth:`load` is exact."""
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict()))
-        return path
 
     @classmethod
     def load(cls, path: str | Path) -> RetrievalScores:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read a file written by :meth:`save`, including files from before results shared one format."""
+        data = json.loads(Path(path).read_text())
+        if isinstance(data, dict) and data.get("format") == _FORMAT:
+            return _from_v1(data)
+        if not isinstance(data, dict) or "headscope" not in data:
+            raise ConfigError(
+                f"{path} is not a saved RetrievalScores (no 'headscope' key); for Wu et al.'s files use from_wu_json"
+            )
+        return super().load(path)
 
     def to_wu_json(self, path: str | Path) -> Path:
         """Write Wu et al.'s ``{"layer-head": [score of each counted sample]}`` file."""
@@ -281,3 +252,19 @@ class RetrievalScores:
         for (layer, head), values in heads.items():
             per[:, layer, head] = torch.tensor(values, dtype=torch.float64)
         return cls(per.sum(0), n, n, model, "wu", settings or {}, per)
+
+
+def _from_v1(data: Mapping[str, Any]) -> RetrievalScores:
+    """Scores from a file in the first format (``"format": "headscope.RetrievalScores"``, plain lists)."""
+    shape = (len(data["hit_sums"]), len(data["hit_sums"][0]) if data["hit_sums"] else 0)
+    per = data["per_sample"]
+    return RetrievalScores(
+        torch.tensor(data["hit_sums"], dtype=torch.float64),
+        int(data["n_counted"]),
+        int(data["n_samples"]),
+        data["model"],
+        data["mode"],
+        data["settings"],
+        None if per is None else torch.tensor(per, dtype=torch.float64).reshape(len(per), *shape),
+        data.get("score", "copy"),  # files written before scores had names hold copy scores
+    )

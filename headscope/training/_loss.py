@@ -20,6 +20,7 @@ from torch import Tensor
 from headscope.errors import ConfigError, ContextLengthError, InputTypeError, ModelMismatchError
 from headscope.models import model_info, tokenizer_of
 from headscope.tasks import EncodedSample, Sample
+from headscope.tasks._forced import forced_batch
 
 Samples = Sequence[Sample | EncodedSample]
 
@@ -47,20 +48,14 @@ def answer_loss(model: Any, batch: Samples, *, tokenizer: Any = None) -> Float[T
 
 def answer_nll(model: Any, batch: Sequence[EncodedSample]) -> tuple[Float[Tensor, ""], int]:
     """Summed negative log-likelihood of the answer tokens of ``batch``, and how many there are."""
-    rows = [torch.cat([s.input_ids, s.answer_ids])[:-1] for s in batch]
-    length = max(len(r) for r in rows)
+    forced = forced_batch(batch)
     device = next(model.parameters()).device
-    tokens = torch.zeros(len(rows), length, dtype=torch.long)
-    targets = torch.full((len(rows), length), -100, dtype=torch.long)
-    for i, (row, sample) in enumerate(zip(rows, batch, strict=True)):
-        tokens[i, : len(row)] = row
-        start = len(sample.input_ids) - 1
-        targets[i, start : start + len(sample.answer_ids)] = sample.answer_ids
-    logits = model(tokens.to(device))
-    scored = targets != -100
-    picked = logits[scored.to(device)]
+    logits = model(forced.tokens.to(device))
+    scored = forced.targets != -100
+    index = torch.arange(len(batch))[:, None].expand_as(forced.rows)
+    picked = logits[index[scored].to(device), forced.rows[scored].to(device)]
     picked = picked.to(torch.promote_types(picked.dtype, torch.float32))
-    total = F.cross_entropy(picked, targets[scored].to(device), reduction="sum")
+    total = F.cross_entropy(picked, forced.targets[scored].to(device), reduction="sum")
     return total, int(scored.sum())
 
 

@@ -49,18 +49,7 @@ class FinetuneResult(Saved):
         return pd.DataFrame(rows, columns=["step", "metric", "value"])
 
     def plot(self) -> Any:
-        """Loss curve, with the evaluations in a second panel when there are any (a plotly figure, not shown)."""
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
+        """Loss curve, evaluations in a second panel when there are any: :func:`~headscope.viz.training_figure`."""
+        from headscope.viz import training_figure
 
-        frame = self.to_frame()
-        metrics = [m for m in frame["metric"].unique() if m not in ("loss", "lr")]
-        fig = make_subplots(rows=2 if metrics else 1, cols=1, shared_xaxes=True)
-        loss = frame[frame["metric"] == "loss"]
-        fig.add_trace(go.Scatter(x=loss["step"], y=loss["value"], mode="lines", name="answer loss"), row=1, col=1)
-        for m in metrics:
-            part = frame[frame["metric"] == m]
-            fig.add_trace(go.Scatter(x=part["step"], y=part["value"], mode="lines+markers", name=m), row=2, col=1)
-        fig.update_xaxes(title_text="step", row=2 if metrics else 1, col=1)
-        fig.update_yaxes(title_text="answer loss", row=1, col=1)
-        return fig.update_layout(title="Fine-tuning", template="plotly_white")
+        return training_figure(self.to_frame())

@@ -22,9 +22,14 @@ from headscope.viz._attention import TopKey as TopKey
 from headscope.viz._attention import attention_view as attention_view
 from headscope.viz._attention import attention_window as attention_window
 from headscope.viz._attention import circuitsvis_script as circuitsvis_script
+from headscope.viz._figures import correlation_figure as correlation_figure
 from headscope.viz._figures import knockout_curve_figure as knockout_curve_figure
+from headscope.viz._figures import loss_curves as loss_curves
+from headscope.viz._figures import patching_sets_figure as patching_sets_figure
+from headscope.viz._figures import rank_scatter as rank_scatter
 from headscope.viz._figures import recall_scatter as recall_scatter
 from headscope.viz._figures import top_heads_bar as top_heads_bar
+from headscope.viz._figures import training_figure as training_figure
 from headscope.viz._heads import head_map as head_map
 from headscope.viz._needle import needle_heatmap as needle_heatmap
 from headscope.viz._report import Section as Section

@@ -1,4 +1,4 @@
-"""Plotly figures shared by the result objects: top heads, knockout curves, recall scatter.
+"""Plotly figures shared by the result objects: top heads, knockout curves, scatters, patching and training.
 
 Each function takes plain arrays or a long pandas frame (the contract is in its docstring),
 returns a ``plotly.graph_objects.Figure`` and shows nothing. Result classes call them from
@@ -8,7 +8,7 @@ their ``.plot()``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -17,7 +17,19 @@ from jaxtyping import Float
 from headscope.errors import ConfigError
 from headscope.heads import Head
 
-__all__ = ["knockout_curve_figure", "recall_scatter", "top_heads_bar"]
+if TYPE_CHECKING:
+    from headscope.compare import Correlation
+
+__all__ = [
+    "correlation_figure",
+    "knockout_curve_figure",
+    "loss_curves",
+    "patching_sets_figure",
+    "rank_scatter",
+    "recall_scatter",
+    "top_heads_bar",
+    "training_figure",
+]
 
 
 def top_heads_bar(
@@ -64,16 +76,18 @@ def top_heads_bar(
 def knockout_curve_figure(
     frame: Any,
     *,
-    value: str = "accuracy",
+    value: str = "value",
     band: Literal["std", "minmax"] = "std",
     title: str = "",
+    value_name: str = "",
 ) -> Any:
     """Task metric against the number of heads knocked out: top heads versus random heads.
 
     ``frame`` is a long pandas frame with one row per (kind, k, seed) run and columns:
 
     - ``k``: number of heads knocked out (0 for the intact model);
-    - ``value`` (default ``"accuracy"``): the metric of that run;
+    - ``value`` (default ``"value"``, as in :meth:`~headscope.ablation.KnockoutCurve.to_frame`):
+      the metric of that run, named ``value_name`` on the axis (default: the column name);
     - ``kind``: ``"top"`` (the highest-scoring heads) or ``"random"`` (random heads);
     - ``seed``: the random draw (any value, e.g. NaN, for ``"top"`` rows).
 
@@ -82,13 +96,14 @@ def knockout_curve_figure(
     std, so one seed gives a zero-width band) or the min-max range over seeds (``"minmax"``).
 
     >>> import pandas as pd
-    >>> frame = pd.DataFrame({"k": [0, 4, 0, 4, 0, 4], "accuracy": [0.9, 0.2, 0.9, 0.8, 0.9, 0.7],
+    >>> frame = pd.DataFrame({"k": [0, 4, 0, 4, 0, 4], "value": [0.9, 0.2, 0.9, 0.8, 0.9, 0.7],
     ...                       "kind": ["top"] * 2 + ["random"] * 4, "seed": [None, None, 0, 0, 1, 1]})
     >>> [trace.name for trace in knockout_curve_figure(frame).data]
     ['random heads (mean ± std)', 'random heads: upper', 'random heads: lower', 'top heads']
     """
     import plotly.graph_objects as go
 
+    name = value_name or value
     missing = [c for c in ("k", value, "kind", "seed") if c not in frame.columns]
     if missing:
         raise ConfigError(
@@ -146,13 +161,13 @@ def knockout_curve_figure(
                 name="top heads",
                 mode="lines+markers",
                 line={"color": "crimson"},
-                hovertemplate="k=%{x}<br>" + value + " %{y:.3g}<extra></extra>",
+                hovertemplate="k=%{x}<br>" + name + " %{y:.3g}<extra></extra>",
             )
         )
     fig.update_layout(
-        title=title or f"{value} with the top heads knocked out, against random heads",
+        title=title or f"{name} with the top heads knocked out, against random heads",
         xaxis_title="heads knocked out (k)",
-        yaxis_title=value,
+        yaxis_title=name,
         width=640,
         height=420,
     )
@@ -227,6 +242,116 @@ def recall_scatter(
         height=460,
     )
     return fig
+
+
+def correlation_figure(
+    correlation: Correlation, *, title: str = "", x_title: str = "recall", y_title: str = "score"
+) -> Any:
+    """A :class:`~headscope.compare.Correlation`'s points with a least-squares line; the title gives its estimate.
+
+    The scatter is :func:`recall_scatter`'s; the title states the estimate, its bootstrap interval,
+    p-value and ``n`` as the correlation measured them (nothing is recomputed).
+
+    >>> from headscope.compare import correlate
+    >>> r = correlate([0.2, 0.4, 0.5, 0.9], [1.0, 3.0, 2.0, 4.0], labels=["a", "b", "c", "d"], n_boot=50)
+    >>> fig = correlation_figure(r)
+    >>> list(fig.data[0].text), fig.layout.title.text.startswith("spearman 0.800")
+    (['a', 'b', 'c', 'd'], True)
+    """
+    c = correlation
+    interval = f"[{c.ci_low:.3f}, {c.ci_high:.3f}] ({c.confidence:.0%} CI)"
+    summary = f"{c.method} {c.value:.3f} {interval}, p={c.p_value:.3g}, n={c.n}"
+    return recall_scatter(c.x, c.y, c.labels, correlation=summary, title=title, x_title=x_title, y_title=y_title)
+
+
+def rank_scatter(frame: Any, *, title: str = "") -> Any:
+    """Two score maps head by head: one point per head, heads in either top-k set highlighted.
+
+    ``frame`` has one row per head with ``label``, ``score_a``, ``score_b`` and the booleans
+    ``top_a`` / ``top_b`` (as :meth:`~headscope.compare.RankAgreement.to_frame` gives it).
+
+    >>> import pandas as pd
+    >>> frame = pd.DataFrame({"label": ["L0H0", "L0H1"], "score_a": [0.9, 0.1], "score_b": [0.8, 0.3],
+    ...                       "top_a": [True, False], "top_b": [True, True]})
+    >>> [(t.name, len(t.x)) for t in rank_scatter(frame).data]
+    [('other', 0), ('top-k in one', 1), ('top-k in both', 1)]
+    """
+    import plotly.graph_objects as go
+
+    group = np.where(
+        frame.top_a & frame.top_b, "top-k in both", np.where(frame.top_a | frame.top_b, "top-k in one", "other")
+    )
+    fig = go.Figure()
+    for name in ("other", "top-k in one", "top-k in both"):
+        part = frame[group == name]
+        fig.add_trace(go.Scatter(x=part.score_a, y=part.score_b, mode="markers", name=name, text=part.label))
+    fig.update_layout(title=title, xaxis_title="score a", yaxis_title="score b")
+    return fig
+
+
+def patching_sets_figure(frame: Any, *, metric: str, title: str = "") -> Any:
+    """The metric per patched head set as bars; random sets as points around their mean bar.
+
+    ``frame`` has one row per run with ``set``, ``kind`` (``"random"`` for random sets) and
+    ``value`` (as :meth:`~headscope.patching.PatchingComparison.to_frame` gives it).
+
+    >>> import pandas as pd
+    >>> frame = pd.DataFrame({"set": ["target", "shared", "random-0", "random-1"],
+    ...                       "kind": ["target", "shared", "random", "random"], "value": [0.1, 0.7, 0.25, 0.75]})
+    >>> [(t.name, list(t.y)) for t in patching_sets_figure(frame, metric="m").data][1]
+    ('random (mean)', [0.5])
+    """
+    import plotly.graph_objects as go
+
+    fixed = frame[frame.kind != "random"]
+    rand = frame[frame.kind == "random"]
+    fig = go.Figure(go.Bar(x=list(fixed["set"]), y=list(fixed["value"]), name=metric))
+    if len(rand):
+        fig.add_bar(x=["random"], y=[float(rand["value"].mean())], name="random (mean)")
+        fig.add_scatter(x=["random"] * len(rand), y=list(rand["value"]), mode="markers", name="random sets")
+    fig.update_layout(title=title or f"patching source into target: {metric}", yaxis_title=metric)
+    return fig
+
+
+def training_figure(frame: Any, *, title: str = "Fine-tuning") -> Any:
+    """The answer loss against the step, with the evaluations in a second panel when there are any.
+
+    ``frame`` is long, ``step, metric, value``: ``metric`` ``"loss"`` rows draw the loss, ``"lr"``
+    rows are left out, every other metric is an evaluation (as
+    :meth:`~headscope.training.FinetuneResult.to_frame` gives it).
+
+    >>> import pandas as pd
+    >>> frame = pd.DataFrame({"step": [0, 1, 1], "metric": ["loss", "loss", "acc"], "value": [2.0, 1.0, 0.5]})
+    >>> [t.name for t in training_figure(frame).data]
+    ['answer loss', 'acc']
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    metrics = [m for m in frame["metric"].unique() if m not in ("loss", "lr")]
+    fig = make_subplots(rows=2 if metrics else 1, cols=1, shared_xaxes=True)
+    loss = frame[frame["metric"] == "loss"]
+    fig.add_trace(go.Scatter(x=loss["step"], y=loss["value"], mode="lines", name="answer loss"), row=1, col=1)
+    for m in metrics:
+        part = frame[frame["metric"] == m]
+        fig.add_trace(go.Scatter(x=part["step"], y=part["value"], mode="lines+markers", name=m), row=2, col=1)
+    fig.update_xaxes(title_text="step", row=2 if metrics else 1, col=1)
+    fig.update_yaxes(title_text="answer loss", row=1, col=1)
+    return fig.update_layout(title=title, template="plotly_white")
+
+
+def loss_curves(losses: dict[str, Sequence[float]], *, title: str = "fine-tuning loss per variant") -> Any:
+    """One loss curve per named run, against the step.
+
+    >>> [t.name for t in loss_curves({"real": [2.0, 1.0], "symbolic": [2.5, 1.5]}).data]
+    ['real', 'symbolic']
+    """
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name, values in losses.items():
+        fig.add_trace(go.Scatter(y=list(values), mode="lines", name=name))
+    return fig.update_layout(title=title, xaxis_title="step", yaxis_title="answer loss")
 
 
 def _least_squares(x: np.ndarray, y: np.ndarray) -> tuple[float, float] | None:

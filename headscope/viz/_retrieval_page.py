@@ -120,7 +120,7 @@ def retrieval_report(
     sections.append(
         Section(
             "Every head, sorted by score",
-            ranked_table(frame, value="score", shown=shown),
+            ranked_table(frame, value="value", shown=shown),
             f"All {n_heads} heads sorted by retrieval score ({mode} mode, {n_counted} of {n_samples} samples "
             f"answered); the top {min(shown, n_heads)} are shown, the rest are folded below.",
             "table",

@@ -9,11 +9,11 @@ from headscope.errors import ConfigError
 __all__ = ["ranked_table"]
 
 
-def ranked_table(frame: Any, *, value: str = "score", shown: int = 20) -> str:
+def ranked_table(frame: Any, *, value: str = "value", shown: int = 20) -> str:
     """HTML of ``frame`` sorted by ``value`` (highest first, NaN last): ``shown`` rows, the rest in ``<details>``.
 
     >>> import pandas as pd
-    >>> page = ranked_table(pd.DataFrame({"label": ["a", "b", "c"], "score": [0.1, 0.9, 0.5]}), shown=2)
+    >>> page = ranked_table(pd.DataFrame({"label": ["a", "b", "c"], "value": [0.1, 0.9, 0.5]}), shown=2)
     >>> page.index(">b<") < page.index(">c<") < page.index("<details>") < page.index(">a<")
     True
     """
