@@ -28,7 +28,7 @@ from headscope.hooks import attached, attn_hook
 from headscope.models import model_info, tokenizer_of
 from headscope.results import Saved
 from headscope.tasks import Sample
-from headscope.viz._attention import MAX_SHOWN
+from headscope.viz._attention import MAX_SHOWN, check_positions
 
 __all__ = ["AttentionRows", "record_attention"]
 
@@ -246,14 +246,4 @@ def _positions(
         if queries != "last":
             raise ConfigError(f"queries must be 'answer', 'last' or positions; got {queries!r}")
         queries = [n - 1]
-    return ids, _check_positions(around, n, "around position"), _check_positions(queries, n, "query position")
-
-
-def _check_positions(positions: Any, n: int, what: str) -> list[int]:
-    values = sorted({int(p) for p in positions})
-    if not values:
-        raise SpanError(f"no {what}s given")
-    bad = [p for p in values if not 0 <= p < n]
-    if bad:
-        raise SpanError(f"{what}s {bad} are outside the input of {n} tokens (valid: 0..{n - 1})")
-    return values
+    return ids, check_positions(around, n, "around position"), check_positions(queries, n, "query position")

@@ -179,7 +179,7 @@ def attention_window(
     start, end = (int(x) for x in key_range)
     if not 0 <= start < end <= n:
         raise SpanError(f"key_range must satisfy 0 <= start < end <= {n} (the number of tokens); got {key_range}")
-    queries = _check_positions(query_positions, n, "query position")
+    queries = check_positions(query_positions, n, "query position")
     shown = _shown(set(range(start, end)), queries, include_bos)
     index = torch.tensor(shown)
     sub = pattern.detach().cpu().float()[:, index][:, :, index]
@@ -214,7 +214,8 @@ def attention_view(rows: AttentionRows) -> AttentionView:
     )
 
 
-def _check_positions(positions: Any, n: int, what: str) -> list[int]:
+def check_positions(positions: Any, n: int, what: str) -> list[int]:
+    """``positions`` sorted and deduplicated; :class:`SpanError` if none, or if one lies outside ``0..n-1``."""
     values = sorted({int(p) for p in positions})
     if not values:
         raise SpanError(f"no {what}s given")
