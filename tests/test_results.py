@@ -71,7 +71,7 @@ def test_save_returns_the_path_and_load_reads_back_equal(result, tmp_path) -> No
     if type(result).__eq__ is not object.__eq__:
         assert back == result
     if isinstance(result, KnockoutCurve):
-        assert all(type(h) is tuple for per_seed in back.random_sets for heads in per_seed for h in heads)
+        assert all(type(h) is hs.Head for per_seed in back.random_sets for heads in per_seed for h in heads)
     if isinstance(result, RetrievalScores) and result.per_sample is not None:
         assert back.per_sample.shape == result.per_sample.shape and back.hit_sums.dtype == torch.float64
     if isinstance(result, PatchingResult):
