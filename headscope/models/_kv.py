@@ -7,7 +7,8 @@ attends to its own key alone and the cache stays empty. :func:`bridge_cache_name
 to ``past_key_values`` for the duration of a ``with`` block, which is correct on both releases:
 on 5.23 and earlier the argument already has that name and nothing changes.
 
-:func:`versions` names the installed releases for errors about such breaks.
+:func:`check_cache_length` is the guard every cached decoder runs after each step; it names the
+installed releases (:func:`versions`) when the cache did not grow.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-__all__ = ["KNOWN_GOOD", "bridge_cache_names", "versions"]
+from headscope.errors import ModelError
+
+__all__ = ["KNOWN_GOOD", "bridge_cache_names", "check_cache_length", "versions"]
 
 KNOWN_GOOD = "transformers 5.23.0 or 5.24.0 with TransformerLens 4.3.0 or 3.9.0 (the locks in requirements/)"
 
@@ -31,6 +34,16 @@ def versions() -> str:
         except PackageNotFoundError:
             found.append(f"{label} (not installed)")
     return ", ".join(found)
+
+
+def check_cache_length(n_seen: int, held: int) -> None:
+    """Raise :class:`ModelError` unless a KV cache fed ``n_seen`` tokens holds ``held == n_seen`` positions."""
+    if held != n_seen:
+        raise ModelError(
+            f"KV-cached decoding is broken on this install: after {n_seen} tokens the model's cache holds "
+            f"{held}, so each step would attend to the wrong keys. Installed: {versions()}. "
+            f"Known good: {KNOWN_GOOD}; reinstall from the lock with `make setup`."
+        )
 
 
 @contextmanager

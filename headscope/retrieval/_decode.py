@@ -19,9 +19,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from headscope.errors import ModelError
 from headscope.models import model_kind
-from headscope.models._kv import KNOWN_GOOD, bridge_cache_names, versions
+from headscope.models._kv import bridge_cache_names, check_cache_length
 
 __all__ = ["Decoder", "greedy_steps"]
 
@@ -65,13 +64,7 @@ class Decoder:
         return 0 if self._cache is None else int(self._cache.get_seq_length())
 
     def _check_cache(self) -> None:
-        held = self.cached_length()
-        if held != self.n_seen:
-            raise ModelError(
-                f"KV-cached decoding is broken on this install: after {self.n_seen} tokens the model's cache holds "
-                f"{held}, so each step would attend to the wrong keys. Installed: {versions()}. "
-                f"Known good: {KNOWN_GOOD}; reinstall from the lock with `make setup`."
-            )
+        check_cache_length(self.n_seen, self.cached_length())
 
 
 def _hooked_cache_class() -> Any:

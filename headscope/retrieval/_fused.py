@@ -36,9 +36,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from headscope.errors import ModelError
 from headscope.models._fused import hf_twin
-from headscope.models._kv import KNOWN_GOOD, versions
+from headscope.models._kv import check_cache_length
 from headscope.retrieval._top1 import RowReads, read_rows, take_reads
 
 __all__ = ["FUSED_ATTENTION", "FusedRoute", "RowReader", "fused_attention"]
@@ -188,11 +187,7 @@ class FusedRoute:
                 fed, logits_to_keep=1, use_cache=True, **{self._cache_kwarg: cache, _READER_KWARG: self.reader}
             )
             n_seen += fed.shape[1]
-            if cache.get_seq_length() != n_seen:
-                raise ModelError(
-                    f"KV-cached decoding is broken on this install: after {n_seen} tokens the cache holds "
-                    f"{cache.get_seq_length()}. Installed: {versions()}. Known good: {KNOWN_GOOD}."
-                )
+            check_cache_length(n_seen, cache.get_seq_length())
             token = int(out.logits[0, -1].argmax())
             yield token, self.reader.take()
             if token in stop_ids or i == max_new_tokens - 1:
