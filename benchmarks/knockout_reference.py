@@ -68,7 +68,7 @@ def main() -> None:
             ks=[k],
             seeds=[0, 1, 2],
             mode=mode,
-            key_label="needle" if mode == "edge" else None,
+            span="needle" if mode == "edge" else None,
             positions="answer",
             progress=False,
         )

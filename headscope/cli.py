@@ -95,7 +95,7 @@ def _detect(args: argparse.Namespace) -> int:
         samples,
         mode=args.mode,
         attention=args.attention,
-        needle_label=args.needle_label,
+        span=args.span,
         max_new_tokens=args.max_new_tokens,
         success=log,
     )
@@ -109,7 +109,7 @@ def _detect(args: argparse.Namespace) -> int:
     attention = None
     if scores.n_counted:
         try:
-            attention = _top_heads_attention(model, log, scores, args.needle_label)
+            attention = _top_heads_attention(model, log, scores, args.span)
             attention.save(out / "attention.json")
         except ValueError as error:  # e.g. an answer repeated so often that the window holds too many tokens
             print(f"the report shows no attention view: {error}")
@@ -132,7 +132,7 @@ def _detect(args: argparse.Namespace) -> int:
 
 
 def _top_heads_attention(
-    model: Any, log: Any, scores: Any, needle_label: str, n_heads: int = 3, max_length: int = 2000
+    model: Any, log: Any, scores: Any, span: str, n_heads: int = 3, max_length: int = 2000
 ) -> Any:
     """The top heads' attention on one answered sample (the longest context up to ``max_length``
     tokens, else the shortest; needle nearest mid-depth), at the rows that produced the answer in
@@ -146,7 +146,7 @@ def _top_heads_attention(
     fits = [i for i in answered if length(i) <= max_length] or [min(answered, key=length)]
     index = max(fits, key=lambda i: (length(i), -abs(meta(i).get("depth", 50.0) - 50.0)))
     heads = [head for head, _ in scores.top(n_heads)]
-    return record_attention(model, log.replay(index), heads, needle_label=needle_label, window=16)
+    return record_attention(model, log.replay(index), heads, span=span, window=16)
 
 
 def _detect_report(out: Path, model: str, scores: Any, outcomes: Any, attention: Any) -> None:
@@ -193,7 +193,7 @@ def _knockout(args: argparse.Namespace) -> int:
         score_fn,
         ks=ks,
         mode=args.mode,
-        key_label=args.key_label if args.mode == "edge" else None,
+        span=args.span if args.mode == "edge" else None,
         seeds=args.seeds,
         positions=args.positions,
     )
@@ -354,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="attention route: fused (sdpa, only the scored rows), eager (full patterns) or auto "
             "(fused where available) (default: %(default)s)",
         )
-        p.add_argument("--needle-label", default="needle", help="span to copy from: needle, or answer for QA tasks")
+        p.add_argument("--span", default="needle", help="span to copy from: needle, or answer for QA tasks")
         p.add_argument("--max-new-tokens", type=int, default=32, help="generation mode: tokens to decode")
         p.add_argument("--top", type=int, default=10, help="how many top heads to print (default: %(default)s)")
         if name == "main":  # Wu et al.'s setting: decode, copy the whole needle sentence, lengths up to 8k
@@ -377,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("uniform", "zero", "edge", "mean"), default="uniform", help="knockout mode")
     p.add_argument("--metric", choices=("teacher_forced", "generation"), default="teacher_forced", help="task score")
     p.add_argument(
-        "--key-label",
+        "--span",
         default="needle",
         help="edge mode: the span the knocked-out heads cannot attend to (needle, or answer for QA tasks) "
         "(default: %(default)s)",

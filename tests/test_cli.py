@@ -143,7 +143,7 @@ def test_compare_sets_hold_only_positive_heads(tmp_path, capsys):
 
 def test_knockout_options_default_to_answer_positions():
     args = build_parser().parse_args(["knockout", "--scores", "s.json"])
-    assert args.positions == "answer" and args.key_label == "needle"
+    assert args.positions == "answer" and args.span == "needle"
     args = build_parser().parse_args(["knockout", "--scores", "s.json", "--positions", "all", "--mode", "edge"])
     assert args.positions == "all" and args.mode == "edge"
 
@@ -157,7 +157,7 @@ TINY_TASK = ["--no-chat", "--needle", "symbolic", "--haystack", "symbolic", "--l
 
 
 def test_edge_knockout_runs_from_the_command_line(tmp_path, capsys):
-    """`--mode edge` was an allowed choice with no --key-label: it died with a ValueError traceback."""
+    """`--mode edge` was an allowed choice with no --span: it died with a ValueError traceback."""
     from headscope.models import tiny_folder
 
     model = str(tiny_folder("llama"))
@@ -170,7 +170,7 @@ def test_edge_knockout_runs_from_the_command_line(tmp_path, capsys):
     frame = pd.read_csv(out / "knockout.csv")
     assert set(frame["k"]) == {0, 1}
     assert json.loads((out / "knockout.json").read_text())["positions"] == "answer"
-    assert main([*args, "--mode", "edge", "--key-label", "nowhere", "--out", str(out)]) == 2
+    assert main([*args, "--mode", "edge", "--span", "nowhere", "--out", str(out)]) == 2
     last = capsys.readouterr().err.split("\n")[-2]  # after the progress bars: the error, on one line
     assert last == "headscope: error: sample has no 'nowhere' span; it has ['answer', 'needle']"
 
@@ -217,7 +217,7 @@ def _walk_cases(tmp_path):
     pair = ["--source", model, "--target", model, "--source-scores", scores, "--target-scores", scores]
     return {
         "main": (["main", *tiny, "--lengths", "0"], "length must be a positive number of tokens; got 0"),
-        "detect": (["detect", *tiny, "--needle-label", "nowhere"], "'nowhere'"),
+        "detect": (["detect", *tiny, "--span", "nowhere"], "'nowhere'"),
         "knockout": (["knockout", *tiny, "--scores", missing], "missing.json"),
         "patch": (["patch", *pair, "--top-k", "0", *TINY_TASK], "top_k must be at least 1; got 0"),
         "compare": (["compare", scores, missing], "missing.json"),

@@ -285,12 +285,12 @@ def test_smollm2_fused_mass_scores_equal_the_eager_route(smollm2, needle_samples
 
 @pytest.mark.smollm2
 @pytest.mark.slow
-@pytest.mark.parametrize("needle_label", ["needle", "answer"])
-def test_smollm2_fused_hit_counts_equal_the_eager_route_on_mdqa(smollm2, smollm2_tokenizer, needle_label) -> None:
+@pytest.mark.parametrize("span", ["needle", "answer"])
+def test_smollm2_fused_hit_counts_equal_the_eager_route_on_mdqa(smollm2, smollm2_tokenizer, span) -> None:
     from headscope.tasks import mdqa
 
     samples = [s.with_chat_template(smollm2_tokenizer) for s in mdqa(n_docs=8, n_hard=2, n_samples=4, seed=3)]
-    kw = dict(needle_label=needle_label, require_prediction=False, success=always, progress=False)
+    kw = dict(span=span, require_prediction=False, success=always, progress=False)
     fused = detect_retrieval_heads(smollm2, samples, attention="fused", **kw)
     eager = detect_retrieval_heads(smollm2, samples, attention="eager", **kw)
     assert fused.per_sample.sum() > 0

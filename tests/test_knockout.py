@@ -265,7 +265,7 @@ def test_z_route_refuses_a_kv_cache_and_works_without(tiny_neo):
 def test_knockout_spec_prints_compares_and_round_trips(tmp_path, tiny_llama):
     spec = Knockout([(1, 2), "L0H3"], "edge", keys=[7, 5, 6], queries=range(8, 10))
     assert repr(spec) == (
-        "Knockout(heads=((0, 3), (1, 2)), mode='edge', keys=(5, 6, 7), key_label=None, queries=(8, 9))"
+        "Knockout(heads=((0, 3), (1, 2)), mode='edge', keys=(5, 6, 7), span=None, queries=(8, 9))"
     )
     assert spec == Knockout([(0, 3), (1, 2)], "edge", keys=(5, 6, 7), queries=(8, 9))
     assert spec != replace(spec, mode="uniform", keys=None)
@@ -277,13 +277,13 @@ def test_knockout_spec_prints_compares_and_round_trips(tmp_path, tiny_llama):
     assert loaded == means_spec and hash(loaded) == hash(means_spec)
 
 
-def test_key_label_resolves_to_the_needle_tokens_of_a_sample(tiny_llama):
+def test_span_resolves_to_the_needle_tokens_of_a_sample(tiny_llama):
     prompt = "The river was quiet. The secret code is 4821. What is the secret code?"
     start = prompt.index("4821")
     sample = Sample(prompt, " 4821", spans=(Span("needle", start, start + 4),))
     enc = sample.encode(tiny_llama.tokenizer)
     needle = list(range(*enc.spans["needle"][0]))
-    spec = Knockout([(0, 1)], "edge", key_label="needle")
+    spec = Knockout([(0, 1)], "edge", span="needle")
     assert spec.for_sample(enc).keys == tuple(needle)
     tokens = enc.input_ids[None]
     with torch.no_grad():
@@ -310,7 +310,7 @@ def test_key_label_resolves_to_the_needle_tokens_of_a_sample(tiny_llama):
         (([(0, 1)], "uniform"), {"keys": [1]}, ValueError, "apply to mode='edge' only"),
         (([(0, 1)], "edge"), {"keys": [-1]}, SpanError, "positions >= 0"),
         (([(0, 1)], "zero"), {"queries": [5000]}, SpanError, "beyond the context of 2048"),
-        (([(0, 1)], "edge"), {"key_label": "needle"}, SpanError, "pass sample="),
+        (([(0, 1)], "edge"), {"span": "needle"}, SpanError, "pass sample="),
         (([(0, 1)], "mean"), {}, ValueError, "build the spec with mean_knockout"),
         (([(0, 1)], "uniform"), {"route": "fast"}, ValueError, "route must be 'auto', 'scores' or 'z'"),
     ],

@@ -94,7 +94,7 @@ def test_answer_positions_leave_every_row_before_the_last_prompt_row_bit_identic
             runs.append(model(tokens)[0])
         return 0.0
 
-    kwargs = dict(ks=[4], seeds=[0], mode=mode, route=route, key_label="needle", progress=False)
+    kwargs = dict(ks=[4], seeds=[0], mode=mode, route=route, span="needle", progress=False)
     with pytest.warns(UserWarning):  # a score of 0 everywhere: the flat-baseline warning
         knockout_curve(tiny_llama, [sample], RANKING, record, positions="answer", **kwargs)
         knockout_curve(tiny_llama, [sample], RANKING, record, positions="all", **kwargs)
@@ -133,12 +133,12 @@ def test_curve_frame_band_and_round_trip(curve, tmp_path):
 
 def test_edge_and_mean_curves_resolve_spans_and_means_per_run(model, samples):
     edge = knockout_curve(
-        model, samples, RANKING, answer_logprob, ks=[2], seeds=[0], mode="edge", key_label="needle", progress=False
+        model, samples, RANKING, answer_logprob, ks=[2], seeds=[0], mode="edge", span="needle", progress=False
     )
     by_hand = []
     for sample in samples:
         rows = answer_rows(model, sample)
-        with knockout(model, RANKING[:2], "edge", key_label="needle", sample=sample, queries=rows):
+        with knockout(model, RANKING[:2], "edge", span="needle", sample=sample, queries=rows):
             by_hand.append(answer_logprob(model, sample))
     assert edge.top[0] == pytest.approx(float(np.mean(by_hand)), abs=1e-9)
     mean = knockout_curve(model, samples, RANKING, answer_logprob, ks=[1], seeds=[0], mode="mean", progress=False)
@@ -151,7 +151,7 @@ def test_edge_and_mean_curves_resolve_spans_and_means_per_run(model, samples):
         ({"ks": [5]}, HeadIndexError, "ranking holds only 4 heads"),
         ({"ks": [0, 1]}, HeadIndexError, "head counts >= 1"),
         ({"ks": [1], "seeds": []}, ValueError, "at least one seed"),
-        ({"ks": [1], "mode": "edge"}, ValueError, "needs key_label="),
+        ({"ks": [1], "mode": "edge"}, ValueError, "needs span="),
         ({"ks": [1], "positions": "prompt"}, ValueError, "positions must be 'answer' or 'all'; got 'prompt'"),
     ],
 )

@@ -99,7 +99,7 @@ def test_knocking_out_needle_reading_heads_breaks_retrieval_but_random_heads_do_
         seeds=[0, 1],
         exclude_top=30,
         mode="edge",
-        key_label="needle",
+        span="needle",
         progress=False,
     )
     assert curve.baseline == 1.0

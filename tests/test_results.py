@@ -25,7 +25,7 @@ def _examples() -> list:
         PatchingComparison("logprob", {"target": 0.1, "source": 0.9, "shared": 0.5}, {"shared": [(1, 2), (0, 0)]}),
         FinetuneResult((2.0, 1.5), (1e-3, 1e-3), ({"step": 0, "acc": 0.2},), ("blocks.0.attn.W_Q",)),
         Knockout([(1, 2), (0, 3)], "mean", queries=(4, 5), means=[[0.1, 1 / 3], [2.0, -0.5]]),
-        Knockout([(0, 1)], "edge", key_label="needle"),
+        Knockout([(0, 1)], "edge", span="needle"),
         KnockoutCurve(
             ks=(1, 2),
             top=(0.5, 0.25),
@@ -108,7 +108,7 @@ def test_retrieval_scores_files_in_the_first_format_still_load(tmp_path) -> None
         "model": "m",
         "mode": "teacher_forced",
         "score": "copy",
-        "settings": {"needle_label": "needle"},
+        "settings": {"span": "needle"},
         "n_counted": 2,
         "n_samples": 3,
         "hit_sums": [[0.5, 0.0], [1.5, 0.25]],
@@ -117,7 +117,7 @@ def test_retrieval_scores_files_in_the_first_format_still_load(tmp_path) -> None
     (tmp_path / "scores.json").write_text(json.dumps(old))
     scores = RetrievalScores.load(tmp_path / "scores.json")
     assert scores.scores.tolist() == [[0.25, 0.0], [0.75, 0.125]] and scores.n_samples == 3
-    assert scores.per_sample.shape == (2, 2, 2) and scores.settings == {"needle_label": "needle"}
+    assert scores.per_sample.shape == (2, 2, 2) and scores.settings == {"span": "needle"}
     del old["score"], old["per_sample"]
     (tmp_path / "older.json").write_text(json.dumps({**old, "per_sample": None}))
     assert RetrievalScores.load(tmp_path / "older.json").score == "copy"

@@ -189,7 +189,7 @@ def test_require_prediction_decides_whether_a_head_is_credited_against_the_model
     assert kept.settings["require_prediction"] is False
 
 
-def test_needle_label_answer_scores_the_union_of_labelled_spans(copier_bridge) -> None:
+def test_span_answer_scores_the_union_of_labelled_spans(copier_bridge) -> None:
     base = SAMPLES[0]
     (needle,) = base.spans
     decoy = Span("answer", 0, len(FILLER[0]))  # the first filler word, never copied
@@ -197,11 +197,11 @@ def test_needle_label_answer_scores_the_union_of_labelled_spans(copier_bridge) -
     only_decoy = Sample(base.prompt, base.answer, (decoy,))
     for mode in ("teacher_forced", "generation"):
         union = detect_retrieval_heads(
-            copier_bridge, [both], mode=mode, needle_label="answer", max_new_tokens=5, progress=False
+            copier_bridge, [both], mode=mode, span="answer", max_new_tokens=5, progress=False
         )
-        assert union.scores[COPIER] == 1.0 and union.settings["needle_label"] == "answer"
+        assert union.scores[COPIER] == 1.0 and union.settings["span"] == "answer"
     with pytest.warns(UserWarning, match="hold none of their gold answer tokens inside the 'answer' span"):
-        missed = detect_retrieval_heads(copier_bridge, [only_decoy], needle_label="answer", progress=False)
+        missed = detect_retrieval_heads(copier_bridge, [only_decoy], span="answer", progress=False)
     assert missed.n_counted == 1 and missed.scores.abs().sum() == 0
 
 
@@ -276,7 +276,7 @@ def test_empty_sample_list_is_refused(copier_bridge) -> None:
         detect_retrieval_heads(copier_bridge, [], progress=False)
 
 
-def test_samples_without_the_needle_label_are_all_reported(copier_bridge) -> None:
+def test_samples_without_the_span_are_all_reported(copier_bridge) -> None:
     plain = Sample("the of key red", " red")
     other = Sample("the of key red", " red", (Span("gold_doc", 0, 6),))
     with pytest.raises(SpanError, match=r"2 of 3 samples .* sample 0 has no 'needle' span .*sample 2.*'gold_doc'"):

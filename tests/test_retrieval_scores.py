@@ -14,7 +14,7 @@ from headscope.tasks import Sample
 
 
 def make(per_sample: torch.Tensor, n_samples: int | None = None, **kw) -> RetrievalScores:
-    args = dict(model="m", mode="teacher_forced", settings={"needle_label": "needle"}) | kw
+    args = dict(model="m", mode="teacher_forced", settings={"span": "needle"}) | kw
     n = per_sample.shape[0]
     return RetrievalScores(per_sample.sum(0), n, n if n_samples is None else n_samples, per_sample=per_sample, **args)
 
@@ -54,13 +54,13 @@ def test_merging_adds_sums_and_counts_and_concatenates_samples(per_sample: torch
 
 def test_merging_drops_per_sample_scores_unless_every_part_has_them(per_sample: torch.Tensor) -> None:
     a = make(per_sample[:2])
-    b = RetrievalScores(per_sample[2:].sum(0), 3, 3, "m", "teacher_forced", {"needle_label": "needle"})
+    b = RetrievalScores(per_sample[2:].sum(0), 3, 3, "m", "teacher_forced", {"span": "needle"})
     assert (a + b).per_sample is None
 
 
 @pytest.mark.parametrize(
     "change",
-    [{"model": "other"}, {"mode": "generation"}, {"settings": {"needle_label": "answer"}}, {"score": "mass"}],
+    [{"model": "other"}, {"mode": "generation"}, {"settings": {"span": "answer"}}, {"score": "mass"}],
 )
 def test_scores_of_different_runs_refuse_to_merge(per_sample: torch.Tensor, change: dict) -> None:
     with pytest.raises(ModelMismatchError, match="only scores of the same model, mode, score, shape and settings"):
@@ -73,7 +73,7 @@ def test_merge_of_nothing_is_refused() -> None:
 
 
 def test_scores_round_trip_through_save_and_load_exactly(per_sample: torch.Tensor, tmp_path: Path) -> None:
-    scores = make(per_sample, n_samples=7, settings={"needle_label": "answer", "require_prediction": True})
+    scores = make(per_sample, n_samples=7, settings={"span": "answer", "require_prediction": True})
     loaded = RetrievalScores.load(scores.save(tmp_path / "s.json"))
     assert loaded == scores
     assert torch.equal(loaded.hit_sums, scores.hit_sums) and loaded.hit_sums.dtype == torch.float64

@@ -115,12 +115,12 @@ def test_record_rejects_bad_heads_and_positions_and_leaves_no_hooks(tiny_llama):
 
 
 def test_record_keeps_the_span_detection_names(tiny_llama, tokenizer):
-    """``needle_label`` picks the span the window surrounds, as in detection."""
+    """``span`` picks the span the window surrounds, as in detection."""
     start = PROMPT.index("filler", 100)
     sample = Sample(PROMPT, " 4712", spans=(*SAMPLE.spans, Span("answer", start, start + 6)))
-    rows = record_attention(tiny_llama, sample, [(0, 0)], needle_label="answer", window=0, include_bos=False)
+    rows = record_attention(tiny_llama, sample, [(0, 0)], span="answer", window=0, include_bos=False)
     (a, b) = sample.encode(tokenizer).spans["answer"][0]
-    assert rows.focus == tuple(range(a, b)) and rows.needle_label == "answer"
+    assert rows.focus == tuple(range(a, b)) and rows.span == "answer"
     assert set(rows.positions) == set(range(a, b)) | set(rows.query_positions)
 
 

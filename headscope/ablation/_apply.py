@@ -57,9 +57,9 @@ def apply_knockout(
     info = model_info(model)
     if sample is not None:
         spec = spec.for_sample(encoded(model, sample))
-    if spec.key_label is not None:
+    if spec.span is not None:
         raise SpanError(
-            f"this edge knockout blocks the {spec.key_label!r} span, which differs per sample; "
+            f"this edge knockout blocks the {spec.span!r} span, which differs per sample; "
             "pass sample= (a Sample or EncodedSample) or resolve it first with spec.for_sample(encoded)"
         )
     spec.check(info)
@@ -85,7 +85,7 @@ def knockout(
     mode: Mode = "uniform",
     *,
     keys: Any = None,
-    key_label: str | None = None,
+    span: str | None = None,
     queries: Any = None,
     sample: Sample | EncodedSample | None = None,
     route: Route = "auto",
@@ -104,7 +104,7 @@ def knockout(
     >>> spec.mode, bool(torch.equal(logits, model(tokens)))
     ('edge', False)
     """
-    spec = Knockout(tuple(heads), mode, keys=keys, key_label=key_label, queries=queries)
+    spec = Knockout(tuple(heads), mode, keys=keys, span=span, queries=queries)
     with apply_knockout(model, spec, sample=sample, route=route):
         yield spec
 

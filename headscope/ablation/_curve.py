@@ -104,7 +104,7 @@ def knockout_curve(
     *,
     ks: Sequence[int],
     mode: str = "uniform",
-    key_label: str | None = None,
+    span: str | None = None,
     seeds: Sequence[int] = (0, 1, 2),
     exclude_top: int | None = None,
     route: Route = "auto",
@@ -118,7 +118,7 @@ def knockout_curve(
     sample) -> float`` is called inside the knockout block (it may generate); the curve holds the
     mean over samples. Random heads are drawn with :func:`~headscope.heads.random_heads` outside
     ``ranking[:exclude_top]`` (default: ``max(ks)``), one draw per seed and ``k``. ``mode="edge"``
-    needs ``key_label`` (e.g. ``"needle"``), resolved per sample; ``mode="mean"`` takes its means
+    needs ``span`` (e.g. ``"needle"``), resolved per sample; ``mode="mean"`` takes its means
     from the samples themselves, over every position unless ``mean_exclude`` leaves some out
     (``("bos", "needle")``: the attention-sink position and the needle; see
     :func:`~headscope.ablation.head_means`).
@@ -163,8 +163,8 @@ def knockout_curve(
         raise ConfigError("give at least one seed for the random-head baseline (e.g. seeds=(0, 1, 2)); got none")
     if positions not in POSITIONS:
         raise ConfigError(f"positions must be 'answer' or 'all'; got {positions!r}")
-    if mode == "edge" and key_label is None:
-        raise ConfigError("mode='edge' needs key_label= (e.g. 'needle'), the span each sample's queries cannot see")
+    if mode == "edge" and span is None:
+        raise ConfigError("mode='edge' needs span= (e.g. 'needle'), the span each sample's queries cannot see")
     exclude = max(ks) if exclude_top is None else int(exclude_top)
     random_sets = tuple(
         tuple(tuple(random_heads(info, k, exclude=ranking_[:exclude], seed=seed)) for k in ks) for seed in seeds
@@ -180,7 +180,7 @@ def knockout_curve(
         spec = Knockout(
             tuple(heads),
             mode,  # type: ignore[arg-type]
-            key_label=key_label if mode == "edge" else None,
+            span=span if mode == "edge" else None,
             means=None if means is None else means[[h[0] for h in heads], [h[1] for h in heads]],
         )
         values = []
@@ -214,8 +214,8 @@ def knockout_curve(
 
 
 def _for_sample(spec: Knockout, model: Any, sample: Sample, positions: str) -> Knockout:
-    """``spec`` for one sample: its ``key_label`` resolved and, for ``"answer"``, its query rows set."""
-    if spec.key_label is None and positions == "all":
+    """``spec`` for one sample: its ``span`` resolved and, for ``"answer"``, its query rows set."""
+    if spec.span is None and positions == "all":
         return spec
     enc = encoded(model, sample)
     spec = spec.for_sample(enc)

@@ -31,7 +31,7 @@ class Knockout(Saved):
     Modes (Wu et al. 2024 use ``"uniform"``):
 
     - ``"edge"``: queries at ``queries`` (default: every position) cannot attend to the key
-      positions ``keys`` (or the span ``key_label``, resolved per sample, e.g. ``"needle"``); the
+      positions ``keys`` (or the span ``span``, resolved per sample, e.g. ``"needle"``); the
       rest of each row is renormalised, exactly as if those keys were masked before the softmax.
       A query row whose every visible key is blocked attends to nothing: that head's output at that
       query is zero (not NaN, and not a fallback to BOS).
@@ -51,7 +51,7 @@ class Knockout(Saved):
 
     >>> spec = Knockout([(1, 2), (0, 3)], mode="edge", keys=range(4, 7))
     >>> spec
-    Knockout(heads=((0, 3), (1, 2)), mode='edge', keys=(4, 5, 6), key_label=None, queries=None)
+    Knockout(heads=((0, 3), (1, 2)), mode='edge', keys=(4, 5, 6), span=None, queries=None)
     >>> spec == Knockout.from_dict(spec.to_dict())
     True
     """
@@ -59,7 +59,7 @@ class Knockout(Saved):
     heads: tuple[Head, ...]
     mode: Mode = "uniform"
     keys: tuple[int, ...] | None = None
-    key_label: str | None = None
+    span: str | None = None
     queries: tuple[int, ...] | None = None
     means: tuple[tuple[float, ...], ...] | None = field(default=None, repr=False)
 
@@ -74,13 +74,13 @@ class Knockout(Saved):
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(map(repr, MODES))}; got {self.mode!r}")
         if self.mode == "edge":
-            if (self.keys is None) == (self.key_label is None):
+            if (self.keys is None) == (self.span is None):
                 raise ConfigError(
-                    "edge knockout needs exactly one of keys= (token positions) or key_label= (a span label "
-                    f"such as 'needle'); got keys={self.keys!r}, key_label={self.key_label!r}"
+                    "edge knockout needs exactly one of keys= (token positions) or span= (a span label "
+                    f"such as 'needle'); got keys={self.keys!r}, span={self.span!r}"
                 )
-        elif self.keys is not None or self.key_label is not None:
-            raise ConfigError(f"keys= and key_label= apply to mode='edge' only; mode is {self.mode!r}")
+        elif self.keys is not None or self.span is not None:
+            raise ConfigError(f"keys= and span= apply to mode='edge' only; mode is {self.mode!r}")
         if self.keys is not None:
             set_("keys", _positions(self.keys, "keys"))
             if not self.keys:
@@ -103,25 +103,25 @@ class Knockout(Saved):
             )
 
     def for_sample(self, sample: EncodedSample) -> Knockout:
-        """Resolve ``key_label`` to the token positions of that span in ``sample`` (a no-op otherwise).
+        """Resolve ``span`` to the token positions of that span in ``sample`` (a no-op otherwise).
 
         >>> import torch
         >>> from headscope.tasks import EncodedSample
         >>> enc = EncodedSample(torch.arange(10), torch.tensor([3]), {"needle": [(4, 6)]}, {"needle": True})
-        >>> Knockout([(0, 1)], mode="edge", key_label="needle").for_sample(enc).keys
+        >>> Knockout([(0, 1)], mode="edge", span="needle").for_sample(enc).keys
         (4, 5)
         """
-        if self.key_label is None:
+        if self.span is None:
             return self
-        keys = [p for start, end in sample.positions(self.key_label) for p in range(start, end)]
-        return replace(self, keys=tuple(keys), key_label=None)
+        keys = [p for start, end in sample.positions(self.span) for p in range(start, end)]
+        return replace(self, keys=tuple(keys), span=None)
 
     def applied(
         self, model: Any, *, sample: Sample | EncodedSample | None = None, route: Route = "auto"
     ) -> AbstractContextManager[None]:
         """A ``with`` block during which every forward pass of ``model`` runs with this knockout.
 
-        ``sample`` resolves ``key_label`` (a :class:`~headscope.tasks.Sample` is encoded with the
+        ``sample`` resolves ``span`` (a :class:`~headscope.tasks.Sample` is encoded with the
         model's tokenizer). ``route`` picks how edge and uniform knockouts are carried out:
         ``"scores"`` edits ``hook_attn_scores``; ``"z"`` rewrites ``hook_z`` from the head's value
         vectors (exact on models whose attention ignores score edits); ``"auto"`` uses ``"scores"``

@@ -2,7 +2,7 @@
 
 At each answer token and for every (layer, query head), take the head's top-1 attended key on
 the query row that predicts that token. The head scores a hit when the key lies in the needle
-(the union of the sample's ``needle_label`` spans) and the prompt token there equals the token
+(the union of the sample's ``span`` spans) and the prompt token there equals the token
 being produced. A sample's score is hits / needle length (tokens of its longest needle span);
 only samples the model answered count, and a head's retrieval score is the mean over them.
 
@@ -65,7 +65,7 @@ def detect_retrieval_heads(
     mode: Mode = "teacher_forced",
     score: Score = "copy",
     attention: Attention = "auto",
-    needle_label: str = "needle",
+    span: str = "needle",
     require_prediction: bool = True,
     max_new_tokens: int = 50,
     stop_ids: Collection[int] | None = None,
@@ -83,7 +83,7 @@ def detect_retrieval_heads(
       attention mass on the needle at the scored rows).
     - ``attention``: ``"auto"`` (fused where available), ``"fused"`` (raise if unavailable) or
       ``"eager"``; see the module docstring.
-    - ``needle_label``: the span label to copy from; ``"answer"`` scores gold-answer
+    - ``span``: the span label to copy from; ``"answer"`` scores gold-answer
       occurrences in the context (the seed paper's QA setting). Several spans are united.
     - ``require_prediction``: teacher-forced only; a hit also needs the model's argmax to be
       the gold token.
@@ -124,9 +124,9 @@ def detect_retrieval_heads(
     success = success if success is not None else RougeRecall(0.5)
     generation = mode == "generation"
     prepared = prepare(
-        samples, tokenizer, info, needle_label=needle_label, extra_tokens=max_new_tokens - 1 if generation else None
+        samples, tokenizer, info, span=span, extra_tokens=max_new_tokens - 1 if generation else None
     )
-    settings: dict[str, Any] = {"needle_label": needle_label, "success": _describe(success)}
+    settings: dict[str, Any] = {"span": span, "success": _describe(success)}
     route = choose_route(model, attention, info.n_layers)
     mass = score == "mass"
     if generation:

@@ -38,7 +38,7 @@ def _listing(items: Sequence[str], limit: int = 5) -> str:
 
 
 def prepare(
-    samples: Sequence[Sample], tokenizer: Any, info: ModelInfo, *, needle_label: str, extra_tokens: int | None
+    samples: Sequence[Sample], tokenizer: Any, info: ModelInfo, *, span: str, extra_tokens: int | None
 ) -> list[Prepared]:
     """Encode ``samples`` and report every bad one at once.
 
@@ -55,8 +55,8 @@ def prepare(
                 f"samples[{i}] is a {type(sample).__name__}; expected a headscope.tasks.Sample "
                 "(build samples with headscope.tasks, e.g. needle_grid)"
             )
-        if needle_label not in sample.labels():
-            span_problems.append(f"sample {i} has no {needle_label!r} span (its labels: {sample.labels()})")
+        if span not in sample.labels():
+            span_problems.append(f"sample {i} has no {span!r} span (its labels: {sample.labels()})")
             continue
         try:
             enc = sample.encode(tokenizer)
@@ -66,11 +66,11 @@ def prepare(
         if extra_tokens is None and enc.answer_ids.numel() == 0:
             span_problems.append(f"sample {i} has an empty answer; teacher-forced scoring needs gold answer tokens")
             continue
-        prepared.append(Prepared(sample, enc.input_ids, enc.answer_ids, tuple(enc.spans[needle_label])))
+        prepared.append(Prepared(sample, enc.input_ids, enc.answer_ids, tuple(enc.spans[span])))
     if span_problems:
         raise SpanError(
-            f"{len(span_problems)} of {len(samples)} samples cannot be scored on {needle_label!r}: "
-            f"{_listing(span_problems)}. Pass needle_label= to score another labelled span."
+            f"{len(span_problems)} of {len(samples)} samples cannot be scored on {span!r}: "
+            f"{_listing(span_problems)}. Pass span= to score another labelled span."
         )
     too_long = []
     for i, p in enumerate(prepared):
@@ -88,7 +88,7 @@ def prepare(
         blind = [i for i, p in enumerate(prepared) if not _needle_holds_answer(p)]
         if blind:
             warnings.warn(
-                f"{len(blind)} samples hold none of their gold answer tokens inside the {needle_label!r} span "
+                f"{len(blind)} samples hold none of their gold answer tokens inside the {span!r} span "
                 f"(first: {blind[:5]}), so no head can score on them; the answer is probably tokenized "
                 "differently inside the prompt (check the leading space of Sample.answer)",
                 stacklevel=3,

@@ -3,7 +3,7 @@
 A full pattern at 8k tokens is 64M numbers per head: far too much to keep or draw, and mostly
 irrelevant. A retrieval head matters at two places: the needle it copies from and the rows
 that produce the answer. So a record keeps only a few tokens: keys within ``window`` tokens of
-the needle span(s) (the sample's ``needle_label`` spans, as in detection), the query rows (those
+the needle span(s) (the sample's ``span`` spans, as in detection), the query rows (those
 predicting the answer tokens, teacher-forced), and BOS (the attention sink). For every query
 row it also keeps the head's top-1 key over the *whole* row, wherever it falls: the key
 detection scores.
@@ -55,7 +55,7 @@ class AttentionRows(Saved):
     top_tokens: tuple[tuple[str, ...], ...]
     focus: tuple[int, ...]
     n_tokens: int
-    needle_label: str = "needle"
+    span: str = "needle"
     meta: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -85,7 +85,7 @@ class AttentionRows(Saved):
         """Long frame, one row per (head, query row, kept key) with key ≤ query.
 
         Columns: layer, head, label, query, query_token, key, key_token, value, is_top (the row's
-        top-1 key), in_span (a ``needle_label`` position).
+        top-1 key), in_span (a ``span`` position).
         """
         import pandas as pd
 
@@ -115,7 +115,7 @@ def record_attention(
     source: Sample | Int[Tensor, " pos"] | Sequence[int],
     heads: Sequence[Head],
     *,
-    needle_label: str = "needle",
+    span: str = "needle",
     queries: Literal["answer", "last"] | Sequence[int] = "answer",
     window: int = 16,
     around: Sequence[int] | None = None,
@@ -124,7 +124,7 @@ def record_attention(
 ) -> AttentionRows:
     """Run ``model`` once and keep ``heads``' attention around the needle and at the answer rows.
 
-    With a :class:`~headscope.tasks.Sample`, the key window surrounds its ``needle_label``
+    With a :class:`~headscope.tasks.Sample`, the key window surrounds its ``span``
     span(s) (several are united, as in detection), and ``queries="answer"`` appends the gold
     answer (teacher forcing) and keeps the rows that predict each answer token; ``"last"`` keeps
     only the prompt's last row. With raw token ids, give ``around`` (the positions the window
@@ -145,7 +145,7 @@ def record_attention(
     if window < 0:
         raise ConfigError(f"window must be >= 0 tokens; got {window}")
     tok = tokenizer or tokenizer_of(model)
-    ids, focus, rows = _positions(source, around, queries, needle_label, tok)
+    ids, focus, rows = _positions(source, around, queries, span, tok)
     n = len(ids)
     info.check_length(n)
     keys = {k for p in focus for k in range(max(0, p - window), min(n, p + window + 1))}
@@ -168,7 +168,7 @@ def record_attention(
         tuple(tuple(decode(k) for k in head_keys.tolist()) for head_keys in top_keys),
         tuple(focus),
         n,
-        needle_label,
+        span,
         dict(source.meta) if isinstance(source, Sample) else {},
     )
 
@@ -221,7 +221,7 @@ def _capture(
 
 
 def _positions(
-    source: Any, around: Sequence[int] | None, queries: Any, needle_label: str, tokenizer: Any
+    source: Any, around: Sequence[int] | None, queries: Any, span: str, tokenizer: Any
 ) -> tuple[Tensor, list[int], list[int]]:
     """Token ids, the positions the key window surrounds, and the query rows."""
     if isinstance(source, Sample):
@@ -233,7 +233,7 @@ def _positions(
             ids = torch.cat([ids, enc.answer_ids])
             queries = range(n_prompt - 1, n_prompt - 1 + len(enc.answer_ids))
         if around is None:
-            around = [p for start, end in enc.positions(needle_label) for p in range(start, end)]
+            around = [p for start, end in enc.positions(span) for p in range(start, end)]
     else:
         ids = torch.as_tensor(source, dtype=torch.long).flatten().cpu()
         if around is None or (isinstance(queries, str) and queries == "answer"):

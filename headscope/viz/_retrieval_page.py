@@ -101,7 +101,7 @@ def retrieval_report(
                 attention_view(attention),
                 f"Attention of the top {len(attention.heads)} heads on one answered sample ({where}): "
                 f"{len(attention.positions)} of {attention.n_tokens} tokens, a window around the "
-                f"'{attention.needle_label}' span plus BOS; {_rows(len(attention.query_positions))} the answer "
+                f"'{attention.span}' span plus BOS; {_rows(len(attention.query_positions))} the answer "
                 "(teacher-forced); the table gives each row's top-1 key over the whole input.",
                 "attention",
             )
