@@ -131,9 +131,7 @@ def _detect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _top_heads_attention(
-    model: Any, log: Any, scores: Any, span: str, n_heads: int = 3, max_length: int = 2000
-) -> Any:
+def _top_heads_attention(model: Any, log: Any, scores: Any, span: str, n_heads: int = 3, max_length: int = 2000) -> Any:
     """The top heads' attention on one answered sample (the longest context up to ``max_length``
     tokens, else the shortest; needle nearest mid-depth), at the rows that produced the answer in
     the model's own output. The record runs the model's eager attention, which at 8k tokens would
@@ -283,6 +281,23 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _paper(args: argparse.Namespace) -> int:
+    """The seed paper's experiment on SmolLM2 and real NQ multi-document QA (``PipelineConfig.smollm2``)."""
+    import torch
+
+    from headscope.pipeline import PipelineConfig, run_pipeline
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    preset = PipelineConfig.smollm2_smoke if args.smoke else PipelineConfig.smollm2
+    result = run_pipeline(preset(data=args.data, seed=args.seed), progress=True)
+    report = result.export(_out(args), title="Synthetic vs real MDQA on SmolLM2: retrieval heads")
+    print(result.summary())
+    print(result.benchmark())
+    print(f"wrote {args.out}/result/, variants.csv, summary.txt and {report}")
+    return 0
+
+
 def _add_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct", help="a known model name or a saved HF folder")
     parser.add_argument("--weights", help="fine-tuned weights (headscope.training.save_weights) to load into the model")
@@ -400,6 +415,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=20, help="head set of each model: its top k heads")
     p.add_argument("--n-random", type=int, default=3, help="random head sets of equal size")
     _add_task(p)
+
+    p = command("paper", _paper, "the seed paper's experiment: SmolLM2 fine-tuned on real vs synthetic MDQA")
+    p.add_argument("--smoke", action="store_true", help="the one-minute plumbing check (PipelineConfig.smollm2_smoke)")
+    p.add_argument("--data", default="../shared/data/nq-open-oracle.jsonl.gz", help="Lost-in-the-Middle oracle file")
+    p.add_argument("--seed", type=int, default=0, help="seed of data, training and random head sets")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
 
     p = command("compare", _compare, "compare two score files: recall, Jaccard overlap, rank correlation")
     p.add_argument("reference", help="scores.json of the reference model (e.g. real data)")

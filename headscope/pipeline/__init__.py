@@ -17,11 +17,14 @@ key/value, the haystack with templated or symbolic filler, or both.
 
 **Base model.** A small Llama (3 layers x 8 heads by default) built here and pre-trained on
 plain documents, so it starts with no retrieval ability and its retrieval heads form during
-fine-tuning, from the variant's data. SmolLM2-135M already retrieves, so its fine-tuned variants
-would share its pre-existing heads whatever the data, and on this shared 2-core CPU one forward
-pass at 600 tokens took up to 18 s, too slow for six fine-tuning runs in 30 minutes (pass
-``base="smollm2-135m-instruct"`` on a faster machine). The scale makes the numbers noisy; the
-summary says what they do and do not show.
+fine-tuning, from the variant's data. The scale makes the numbers noisy; the summary says what
+they do and do not show.
+
+**On a real model** (:meth:`PipelineConfig.smollm2`, ``headscope paper``): SmolLM2-135M-Instruct
+fine-tuned on real Natural Questions multi-document QA (Lost in the Middle's rows, from
+``../shared/data``) and on synthetic MDQA variants (:func:`~headscope.tasks.mdqa`), scored by
+generated exact match by gold-document position on held-out real questions. Training, generation
+and detection run on the fused (sdpa) route, which keeps the run within half an hour on 2 cores.
 """
 
 from headscope.pipeline._config import REAL as REAL
@@ -29,6 +32,7 @@ from headscope.pipeline._config import SYNTHETIC as SYNTHETIC
 from headscope.pipeline._config import PipelineConfig as PipelineConfig
 from headscope.pipeline._config import Variant as Variant
 from headscope.pipeline._data import generic_samples as generic_samples
+from headscope.pipeline._data import mdqa_samples as mdqa_samples
 from headscope.pipeline._data import variant_samples as variant_samples
 from headscope.pipeline._result import PipelineResult as PipelineResult
 from headscope.pipeline._result import VariantResult as VariantResult
@@ -36,8 +40,11 @@ from headscope.pipeline._run import base_model as base_model
 from headscope.pipeline._run import finetune_variant as finetune_variant
 from headscope.pipeline._run import retrieval_heads as retrieval_heads
 from headscope.pipeline._run import run_pipeline as run_pipeline
+from headscope.pipeline._run import score_model as score_model
 from headscope.pipeline._score import TaskScore as TaskScore
 from headscope.pipeline._score import answer_correct as answer_correct
+from headscope.pipeline._score import answer_logprob as answer_logprob
+from headscope.pipeline._score import generated_match as generated_match
 from headscope.pipeline._score import task_score as task_score
 
 __all__ = [
@@ -49,11 +56,15 @@ __all__ = [
     "Variant",
     "VariantResult",
     "answer_correct",
+    "answer_logprob",
     "base_model",
     "finetune_variant",
+    "generated_match",
     "generic_samples",
+    "mdqa_samples",
     "retrieval_heads",
     "run_pipeline",
+    "score_model",
     "task_score",
     "variant_samples",
 ]

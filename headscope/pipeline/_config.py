@@ -8,7 +8,10 @@ from typing import Any
 from headscope.errors import ConfigError
 from headscope.tasks._documents import HAYSTACKS, NEEDLES
 
-__all__ = ["REAL", "SYNTHETIC", "PipelineConfig", "Variant"]
+__all__ = ["DEFAULT_DATA", "GRID_2X2", "REAL", "SYNTHETIC", "PipelineConfig", "Variant"]
+
+#: The Lost-in-the-Middle oracle file, beside the project (see ``../shared/data/README.md``).
+DEFAULT_DATA = "../shared/data/nq-open-oracle.jsonl.gz"
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,15 @@ SYNTHETIC = (
     Variant.of("symbolic", "symbolic"),
 )
 
+#: The two extremes of both axes (a 2 x 2 factorial): for MDQA, where "real" is real NQ data, the
+#: natural/diverse variant is the most realistic synthetic data, and symbolic/symbolic the least.
+GRID_2X2 = (
+    Variant.of("natural", "diverse"),
+    Variant.of("symbolic", "diverse"),
+    Variant.of("natural", "symbolic"),
+    Variant.of("symbolic", "symbolic"),
+)
+
 
 @dataclass(frozen=True)
 class PipelineConfig:
@@ -80,6 +92,19 @@ class PipelineConfig:
     against their complement and ``n_random`` random sets; the correlation's interval comes
     from ``n_boot`` bootstrap resamples.
 
+    **The MDQA task** (``task="mdqa"``, the :meth:`smollm2` preset). "Real" is Natural Questions
+    multi-document QA from ``data`` (:func:`~headscope.tasks.real_mdqa`, ``n_docs`` documents); the
+    synthetic variants are :func:`~headscope.tasks.mdqa` with as many documents as bring their
+    mean prompt length closest to the real one. Evaluation takes ``n_eval`` held-out real questions
+    at each of ``gold_positions``; training rows exclude every evaluation question and passage.
+    ``chat`` wraps prompts in the chat template; ``new_tokens > 0`` scores exact match on that
+    many greedily generated tokens (Lost in the Middle's best-subspan rule), by gold position;
+    ``attention`` is the route of detection and, when ``"fused"``, of training and generation;
+    ``span`` is the detection span (``"answer"``: gold-answer occurrences in the gold document);
+    knockout and patching use the first ``n_analysis`` evaluation samples (all when ``None``),
+    knockout scored by ``knockout_score`` (``"accuracy"`` or ``"logprob"``, the answer's
+    log-probability); ``score_base`` also scores the untouched base model.
+
     >>> PipelineConfig.smoke().n_variants
     5
     """
@@ -111,6 +136,17 @@ class PipelineConfig:
     patch_target: str | None = None
     n_boot: int = 2000
     seed: int = 0
+    task: str = "needle"
+    n_docs: int = 10
+    gold_positions: tuple[int, ...] = (0, 4, 9)
+    data: str = DEFAULT_DATA
+    chat: bool = False
+    attention: str = "auto"
+    span: str = "needle"
+    new_tokens: int = 0
+    n_analysis: int | None = None
+    knockout_score: str = "accuracy"
+    score_base: bool = False
 
     def __post_init__(self) -> None:
         names = [v.name for v in (self.real, *self.variants)]
@@ -130,6 +166,16 @@ class PipelineConfig:
             problems.append(f"pretrain_steps must be >= 0; got {self.pretrain_steps}")
         if not self.knockout_ks or min(self.knockout_ks) < 1:
             problems.append(f"knockout_ks must be head counts >= 1; got {self.knockout_ks}")
+        if self.task not in ("needle", "mdqa"):
+            problems.append(f"task must be 'needle' or 'mdqa'; got {self.task!r}")
+        if self.task == "mdqa" and not all(0 <= p < self.n_docs for p in self.gold_positions):
+            problems.append(
+                f"gold_positions must lie in [0, n_docs - 1 = {self.n_docs - 1}]; got {self.gold_positions}"
+            )
+        if self.knockout_score not in ("accuracy", "logprob"):
+            problems.append(f"knockout_score must be 'accuracy' or 'logprob'; got {self.knockout_score!r}")
+        if self.attention not in ("auto", "fused", "eager"):
+            problems.append(f"attention must be 'auto', 'fused' or 'eager'; got {self.attention!r}")
         if self.knockout_positions not in ("answer", "all"):
             problems.append(f"knockout_positions must be 'answer' or 'all'; got {self.knockout_positions!r}")
         if problems:
@@ -137,6 +183,7 @@ class PipelineConfig:
         object.__setattr__(self, "variants", tuple(self.variants))
         object.__setattr__(self, "knockout_ks", tuple(int(k) for k in self.knockout_ks))
         object.__setattr__(self, "knockout_seeds", tuple(int(s) for s in self.knockout_seeds))
+        object.__setattr__(self, "gold_positions", tuple(int(p) for p in self.gold_positions))
 
     @property
     def n_variants(self) -> int:
@@ -175,6 +222,66 @@ class PipelineConfig:
         """The laptop-scale experiment: six synthetic variants; 5-11 minutes (331-637 s) on a shared 2-core CPU."""
         return replace(cls(), **changes)
 
+    @classmethod
+    def smollm2(cls, **changes: Any) -> PipelineConfig:
+        """The seed paper's experiment on SmolLM2-135M-Instruct and real NQ multi-document QA, ~25 min on 2 cores.
+
+        Five documents (~750 tokens in the chat format) with the gold one at positions 0 / 2 / 4:
+        long enough for a position effect, short enough that one training step (forward and
+        backward, fused) takes about 6 s. Each of the five models (real and the 2 x 2 synthetic
+        grid) trains 16 steps of one example (16 examples, ~12k tokens). 8 held-out questions per
+        position (24) score every model, and the base, by exact match in 24 generated tokens (the
+        chat model restates the question first, so fewer tokens cut answers off) and give its
+        heads; knockout and patching use 8 of them. Measured on the training split: ~6.4 s per
+        training step, ~3 s per generation, ~1.5 s per detection forward.
+        """
+        preset = cls(
+            variants=GRID_2X2,
+            base="smollm2-135m-instruct",
+            task="mdqa",
+            n_docs=5,
+            gold_positions=(0, 2, 4),
+            chat=True,
+            attention="fused",
+            span="answer",
+            new_tokens=24,
+            n_train=16,
+            n_eval=8,
+            finetune_steps=16,
+            batch_size=1,
+            lr=1e-4,
+            top_k=10,
+            require_prediction=True,
+            knockout_ks=(5, 10, 20),
+            knockout_seeds=(0, 1),
+            knockout_score="logprob",
+            n_random=3,
+            n_analysis=8,
+            score_base=True,
+        )
+        return replace(preset, **changes)
+
+    @classmethod
+    def smollm2_smoke(cls, **changes: Any) -> PipelineConfig:
+        """:meth:`smollm2` shrunk to a plumbing check of about a minute: two documents, one step, one sample each."""
+        preset = cls.smollm2(
+            variants=GRID_2X2[:3],
+            n_docs=2,
+            gold_positions=(0, 1),
+            new_tokens=4,
+            n_train=1,
+            n_eval=1,
+            finetune_steps=1,
+            top_k=3,
+            require_prediction=False,
+            knockout_ks=(2,),
+            knockout_seeds=(0,),
+            n_random=1,
+            n_analysis=1,
+            n_boot=100,
+        )
+        return replace(preset, **changes)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -183,6 +290,6 @@ class PipelineConfig:
         data = dict(data)
         data["real"] = Variant(**data["real"])
         data["variants"] = tuple(Variant(**v) for v in data["variants"])
-        for key in ("knockout_ks", "knockout_seeds"):
+        for key in ("knockout_ks", "knockout_seeds", "gold_positions"):
             data[key] = tuple(data[key])
         return cls(**data)

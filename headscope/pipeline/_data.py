@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
-from headscope.errors import ConfigError
+from headscope.errors import ConfigError, TaskError
 from headscope.pipeline._config import PipelineConfig, Variant
-from headscope.tasks import Sample, needle_sample, shipped_corpus
+from headscope.tasks import Sample, mdqa, needle_sample, real_mdqa, shipped_corpus
 
-__all__ = ["generic_samples", "variant_samples"]
+__all__ = ["check_held_out", "generic_samples", "mdqa_samples", "variant_samples"]
 
 #: Seed offsets keeping training, evaluation and pre-training data apart.
 _TRAIN, _EVAL, _GENERIC = 1, 2, 3
@@ -32,6 +34,8 @@ def variant_samples(
     """
     if split not in ("train", "eval"):
         raise ConfigError(f"split must be 'train' or 'eval'; got {split!r}")
+    if config.task == "mdqa":
+        return mdqa_samples(config, variant, tokenizer, split=split)
     n, offset = (config.n_train, _TRAIN) if split == "train" else (config.n_eval, _EVAL)
     seed = config.seed * 1000 + offset
     depths = random.Random(f"{seed}-{variant.name}-depths")
@@ -74,3 +78,88 @@ def generic_samples(tokenizer: Any, *, n: int, length: int, seed: int = 0) -> li
         prompt = tokenizer.decode(window[:8])
         out.append(Sample(prompt, tokenizer.decode(window)[len(prompt) :], task="generic"))
     return out
+
+
+def mdqa_samples(config: PipelineConfig, variant: Variant, tokenizer: Any, *, split: str) -> list[Sample]:
+    """Multi-document QA samples of ``variant`` (``config.task == "mdqa"``), chat-wrapped when ``config.chat``.
+
+    ``"eval"`` (real variant only): ``config.n_eval`` real questions at each of
+    ``config.gold_positions``, all distinct. ``"train"``: ``config.n_train`` samples with the gold
+    document at a random position; the real ones exclude every evaluation question and passage
+    (checked by :func:`check_held_out`), the synthetic ones take the number of documents that
+    brings their mean length in tokens closest to the real training data's.
+    """
+    seed = config.seed * 1000
+    if split == "eval":
+        if variant != config.real:
+            raise ConfigError(f"evaluation data is real: split='eval' takes config.real, not {variant.name!r}")
+        held: list[Sample] = []
+        for position in config.gold_positions:
+            held += real_mdqa(
+                config.data,
+                n_docs=config.n_docs,
+                gold_position=position,
+                n_samples=config.n_eval,
+                seed=seed + _EVAL * 100 + position,
+                exclude=held,
+            )
+        return _chat(config, held, tokenizer)
+    evaluation = mdqa_samples(config, config.real, tokenizer, split="eval")
+    real = real_mdqa(
+        config.data, n_docs=config.n_docs, n_samples=config.n_train, seed=seed + _TRAIN, exclude=evaluation
+    )
+    real = _chat(config, real, tokenizer)
+    check_held_out(real, evaluation)
+    if variant == config.real:
+        return real
+    target = sum(_length(s, tokenizer) for s in real) / len(real)
+
+    def build(n_docs: int, n: int) -> list[Sample]:
+        samples = mdqa(
+            n_docs=n_docs,
+            needle=variant.needle,  # type: ignore[arg-type]
+            haystack=variant.haystack,  # type: ignore[arg-type]
+            n_samples=n,
+            seed=seed + _TRAIN,
+        )
+        return _chat(config, samples, tokenizer)
+
+    def gap(n_docs: int) -> float:
+        probe = build(n_docs, min(4, config.n_train))
+        return abs(sum(_length(s, tokenizer) for s in probe) / len(probe) - target)
+
+    return build(min(range(1, 2 * config.n_docs + 1), key=gap), config.n_train)
+
+
+def _length(sample: Sample, tokenizer: Any) -> int:
+    enc = sample.encode(tokenizer)
+    return len(enc.input_ids) + len(enc.answer_ids)
+
+
+def _chat(config: PipelineConfig, samples: list[Sample], tokenizer: Any) -> list[Sample]:
+    """Chat-wrapped samples (when ``config.chat``); an answer without a lead-in opens the assistant's turn unspaced."""
+    if not config.chat:
+        return samples
+    out = []
+    for sample in samples:
+        if not sample.lead_in:
+            sample = replace(sample, answer=sample.answer.lstrip())
+        out.append(sample.with_chat_template(tokenizer))
+    return out
+
+
+def check_held_out(train: Sequence[Sample], evaluation: Sequence[Sample]) -> None:
+    """:class:`~headscope.TaskError` if a training sample asks an evaluation question or shows its gold passage.
+
+    >>> from headscope.tasks import Sample
+    >>> check_held_out([Sample("Q1", " a", meta={"question": "Q1"})], [Sample("Q2", " b", meta={"question": "Q2"})])
+    """
+    asked = {s.meta.get("question") for s in train}
+    shown = "\n".join(s.prompt for s in train)
+    for i, sample in enumerate(evaluation):
+        if sample.meta.get("question") in asked:
+            raise TaskError(f"evaluation sample {i} asks a training question: {sample.meta['question']!r}")
+        for text in sample.text("gold_doc"):
+            body = text.split(") ", 1)[-1]  # drop the "Document [i](Title: ...)" header
+            if body in shown:
+                raise TaskError(f"evaluation sample {i}'s gold passage appears in the training data: {body[:60]!r}...")

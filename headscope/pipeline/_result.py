@@ -26,16 +26,21 @@ class VariantResult(Saved):
     ``heads`` are the model's retrieval heads (its ``top_k`` best with a positive score, best
     first); ``recall`` is ``|heads ∩ real heads| / |real heads|`` (1.0 for the real model) and
     ``jaccard`` their Jaccard overlap, both ``None`` when the real model has no retrieval head.
+    ``accuracy`` is generated best-subspan exact match when the run generates (then ``logprob``
+    is ``None`` and ``by_position`` holds ``(gold position, exact match)`` pairs), else the
+    teacher-forced exact match. ``train_tokens`` is the mean length of its training samples.
     """
 
     name: str
     needle: str
     haystack: str
     accuracy: float
-    logprob: float
+    logprob: float | None
     heads: tuple[Head, ...]
     recall: float | None
     jaccard: float | None
+    by_position: tuple[tuple[int, float], ...] = ()
+    train_tokens: float | None = None
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,8 @@ class PipelineResult:
     undefined (``notes`` says why). ``knockout`` knocks out the real model's top heads against
     random heads (only heads with a positive retrieval score rank; ``None`` when none has one);
     ``patching`` patches heads from the real model into ``patch_target`` (``None`` when the shared
-    set is empty or is every head). ``seconds`` times each stage.
+    set is empty or is every head). ``seconds`` times each stage. ``base`` scores the untouched
+    base model (``config.score_base``; its retrieval scores are ``scores["base"]``).
     """
 
     config: PipelineConfig
@@ -64,6 +70,7 @@ class PipelineResult:
     patch_target: str
     seconds: dict[str, float]
     notes: tuple[str, ...] = ()
+    base: VariantResult | None = None
 
     @property
     def real(self) -> VariantResult:
@@ -74,18 +81,25 @@ class PipelineResult:
         return self.variants[1:]
 
     def to_frame(self) -> Any:
-        """One row per model: name, needle, haystack, accuracy, logprob, recall, jaccard, n_heads, heads."""
+        """One row per model (:attr:`models`): name, needle, haystack, accuracy, logprob, recall, jaccard,
+        train_tokens, ``em_gold_<position>`` columns (when generated), n_heads, heads."""
         import pandas as pd
 
         rows = [
             {
-                **{k: value for k, value in v.to_dict().items() if k != "heads"},
+                **{k: value for k, value in v.to_dict().items() if k not in ("heads", "by_position")},
+                **{f"em_gold_{p}": em for p, em in v.by_position},
                 "n_heads": len(v.heads),
                 "heads": " ".join(map(str, as_heads(v.heads))),
             }
-            for v in self.variants
+            for v in self.models
         ]
         return pd.DataFrame(rows)
+
+    @property
+    def models(self) -> tuple[VariantResult, ...]:
+        """The base model (when scored) and every fine-tuned one."""
+        return ((self.base,) if self.base is not None else ()) + self.variants
 
     def plot(self) -> Any:
         """Recall of the real heads against task accuracy, by :func:`~headscope.viz.recall_scatter`.
@@ -113,6 +127,8 @@ class PipelineResult:
         from headscope.viz import loss_curves
 
         figures: dict[str, Any] = {}
+        if any(v.by_position for v in self.models):
+            figures["accuracy_by_position"] = self.position_bars()
         if all(v.recall is not None for v in self.synthetic):
             figures["recall_vs_accuracy"] = self.plot()
         figures["real_heads"] = self.scores[self.real.name].plot(title="retrieval scores of the real-data model")
@@ -129,11 +145,49 @@ class PipelineResult:
             figures["pretraining"] = self.pretraining.plot().update_layout(title="pre-training of the base model")
         return figures
 
+    def position_bars(self) -> Any:
+        """Grouped bars: every model's exact match with the gold document at each position (plotly)."""
+        import plotly.graph_objects as go
+
+        fig = go.Figure()
+        for v in self.models:
+            fig.add_bar(name=v.name, x=[f"gold at {p}" for p, _ in v.by_position], y=[em for _, em in v.by_position])
+        return fig.update_layout(
+            barmode="group",
+            title="Exact match on held-out real questions by gold-document position",
+            yaxis_title="exact match (best subspan)",
+        )
+
     def summary(self) -> str:
         """A plain-text report of every measured number and what it does (or does not) show."""
         from headscope.pipeline._summary import summarize
 
         return summarize(self)
+
+    def benchmark(self) -> str:
+        """One line timing every stage, with its cost per unit of work."""
+        from headscope.pipeline._summary import benchmark_line
+
+        return benchmark_line(self)
+
+    def export(self, folder: str | Path, title: str = "Synthetic vs real: retrieval heads") -> Path:
+        """Write ``result/`` (JSON, :meth:`save`), ``variants.csv``, ``summary.txt`` and ``report.html``."""
+        import html
+
+        from headscope.viz import save_report
+
+        root = Path(folder)
+        root.mkdir(parents=True, exist_ok=True)
+        self.save(root / "result")
+        self.to_frame().to_csv(root / "variants.csv", index=False)
+        summary = self.summary() + "\n" + self.benchmark()
+        (root / "summary.txt").write_text(summary + "\n")
+        sections: list[tuple[str, Any]] = [
+            ("Summary", f"<pre>{html.escape(summary)}</pre>"),
+            ("Models", self.to_frame()),
+        ]
+        sections += [(name.replace("_", " "), fig) for name, fig in self.figures().items()]
+        return save_report(root / "report.html", title, sections)
 
     # -- persistence --------------------------------------------------------------------------------
 
@@ -146,6 +200,8 @@ class PipelineResult:
         for i, name in enumerate(names):
             self.scores[name].save(root / "scores" / f"{i}.json")
             self.training[name].save(root / "training" / f"{i}.json")
+        if self.base is not None:
+            self.scores["base"].save(root / "scores" / "base.json")
         if self.knockout is not None:
             self.knockout.save(root / "knockout.json")
         if self.pretraining is not None:
@@ -164,6 +220,7 @@ class PipelineResult:
             "patch_target": self.patch_target,
             "seconds": self.seconds,
             "notes": list(self.notes),
+            "base": self.base.to_dict() if self.base is not None else None,
         }
         (root / "pipeline.json").write_text(json.dumps(meta, indent=1))
         return root
@@ -180,10 +237,14 @@ class PipelineResult:
         patching = root / "patching.json"
         pretraining = root / "training" / "pretraining.json"
         knockout = root / "knockout.json"
+        base = VariantResult.from_dict(meta["base"]) if meta.get("base") else None
+        scores = {n: RetrievalScores.load(root / "scores" / f"{i}.json") for i, n in enumerate(names)}
+        if base is not None:
+            scores["base"] = RetrievalScores.load(root / "scores" / "base.json")
         return cls(
             config=PipelineConfig.from_dict(meta["config"]),
             variants=variants,
-            scores={n: RetrievalScores.load(root / "scores" / f"{i}.json") for i, n in enumerate(names)},
+            scores=scores,
             training={n: FinetuneResult.load(root / "training" / f"{i}.json") for i, n in enumerate(names)},
             pretraining=FinetuneResult.load(pretraining) if pretraining.is_file() else None,
             correlations={
@@ -195,6 +256,7 @@ class PipelineResult:
             patch_target=meta["patch_target"],
             seconds=meta["seconds"],
             notes=tuple(meta["notes"]),
+            base=base,
         )
 
 

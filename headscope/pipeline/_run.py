@@ -11,18 +11,19 @@ from tqdm.auto import tqdm
 
 from headscope.ablation import KnockoutCurve, knockout_curve
 from headscope.compare import Correlation, correlate, head_set, jaccard, recall
+from headscope.errors import HeadscopeError
 from headscope.heads import Head
 from headscope.models import load_folder, load_model, model_info, tiny_folder, tokenizer_of
 from headscope.patching import PatchingComparison, compare_patching
 from headscope.pipeline._config import PipelineConfig, Variant
 from headscope.pipeline._data import generic_samples, variant_samples
 from headscope.pipeline._result import PipelineResult, VariantResult
-from headscope.pipeline._score import answer_correct, task_score
+from headscope.pipeline._score import answer_correct, answer_logprob, generated_match, task_score
 from headscope.retrieval import RetrievalScores, detect_retrieval_heads
 from headscope.tasks import Sample
 from headscope.training import FinetuneResult, finetune
 
-__all__ = ["base_model", "count_every_sample", "finetune_variant", "retrieval_heads", "run_pipeline"]
+__all__ = ["base_model", "count_every_sample", "finetune_variant", "retrieval_heads", "run_pipeline", "score_model"]
 
 
 def count_every_sample(sample: Sample, output: str) -> bool:
@@ -70,7 +71,10 @@ def base_model(config: PipelineConfig, *, progress: bool = False) -> tuple[Any, 
 def finetune_variant(
     base: Any, samples: Sequence[Sample], config: PipelineConfig, *, progress: bool = False
 ) -> tuple[Any, FinetuneResult]:
-    """A copy of ``base`` fine-tuned on ``samples`` (``config.train`` parameters); ``base`` is left untouched."""
+    """A copy of ``base`` fine-tuned on ``samples`` (``config.train`` parameters); ``base`` is left untouched.
+
+    With ``config.attention == "fused"`` training runs through the fused (sdpa) twin of the copy.
+    """
     model = copy.deepcopy(base)
     run = finetune(
         model,
@@ -82,6 +86,7 @@ def finetune_variant(
         schedule="cosine",
         warmup=min(20, config.finetune_steps // 5),
         seed=config.seed,
+        attention="fused" if config.attention == "fused" else "eager",
         progress=progress,
     )
     return model, run
@@ -92,7 +97,13 @@ def retrieval_heads(
 ) -> tuple[RetrievalScores, list[Head]]:
     """Teacher-forced retrieval scores on ``samples`` and the head set: the ``top_k`` best with a positive score."""
     scores = detect_retrieval_heads(
-        model, samples, success=count_every_sample, require_prediction=config.require_prediction, progress=False
+        model,
+        samples,
+        success=count_every_sample,
+        require_prediction=config.require_prediction,
+        span=config.span,
+        attention=config.attention,  # type: ignore[arg-type]
+        progress=False,
     )
     heads = head_set(scores.hit_sums, top_k=config.top_k, threshold=0.0)
     return scores, heads
@@ -103,16 +114,24 @@ def _correlations(synthetic: Sequence[VariantResult], config: PipelineConfig) ->
     notes: list[str] = []
     recalls = [v.recall for v in synthetic]
     if None in recalls:
-        return dict.fromkeys(("accuracy", "logprob")), []
+        return dict.fromkeys(("accuracy", "accuracy-pearson")), []
     for key in ("accuracy", "logprob"):
         values = [getattr(v, key) for v in synthetic]
-        try:
-            corrs[key] = correlate(
-                recalls, values, n_boot=config.n_boot, seed=config.seed, labels=[v.name for v in synthetic]
-            )
-        except ValueError as err:
-            corrs[key] = None
-            notes.append(f"no correlation of recall with {key}: {err}")
+        if None in values:
+            continue
+        for method, name in (("spearman", key), ("pearson", f"{key}-pearson")):
+            try:
+                corrs[name] = correlate(
+                    recalls,
+                    values,
+                    method=method,  # type: ignore[arg-type]
+                    n_boot=config.n_boot,
+                    seed=config.seed,
+                    labels=[v.name for v in synthetic],
+                )
+            except (ValueError, HeadscopeError) as err:
+                corrs[name] = None
+                notes.append(f"no {method} correlation of recall with {key}: {err}")
     return corrs, notes
 
 
@@ -134,7 +153,7 @@ def _knockout(
         model,
         samples,
         ranking,
-        answer_correct,
+        answer_logprob if config.knockout_score == "logprob" else answer_correct,
         ks=ks,
         seeds=config.knockout_seeds,
         positions=config.knockout_positions,  # type: ignore[arg-type]
@@ -153,7 +172,7 @@ def _patch_target(variants: Sequence[VariantResult], config: PipelineConfig) -> 
     if config.patch_target is not None:
         return next(v for v in synthetic if v.name == config.patch_target)
     real = set(variants[0].heads)
-    return min(synthetic, key=lambda v: (not real & set(v.heads), v.accuracy, v.logprob))
+    return min(synthetic, key=lambda v: (not real & set(v.heads), v.accuracy, v.logprob or 0.0))
 
 
 def _patching(
@@ -167,17 +186,46 @@ def _patching(
     return cmp, None
 
 
+def score_model(
+    model: Any, samples: Sequence[Sample], config: PipelineConfig
+) -> tuple[float, float | None, tuple[tuple[int, float], ...]]:
+    """Accuracy, answer log-probability and accuracy by gold position of ``model`` on ``samples``.
+
+    ``config.new_tokens > 0``: generated best-subspan exact match (no log-probability, ``None``),
+    by ``meta["gold_position"]``; otherwise teacher-forced :func:`task_score` (no positions).
+    """
+    if config.new_tokens <= 0:
+        score = task_score(model, samples)
+        return score.accuracy, score.logprob, ()
+    matches = generated_match(model, samples, max_new_tokens=config.new_tokens, attention=config.attention)
+    by: dict[int, list[float]] = {}
+    for sample, match in zip(samples, matches, strict=True):
+        by.setdefault(int(sample.meta.get("gold_position", -1)), []).append(match)
+    return sum(matches) / len(matches), None, tuple((p, sum(v) / len(v)) for p, v in sorted(by.items()))
+
+
+def _mean_tokens(model: Any, samples: Sequence[Sample]) -> float:
+    tok = tokenizer_of(model)
+    lengths = [len(e.input_ids) + len(e.answer_ids) for e in (s.encode(tok) for s in samples)]
+    return sum(lengths) / len(lengths)
+
+
 def run_pipeline(config: PipelineConfig, *, progress: bool = True) -> PipelineResult:
     """Fine-tune the base on each variant, score, detect heads, correlate, knock out and patch.
 
     1. Build the base model (:func:`base_model`) and fine-tune a copy on the real data and on each
        synthetic variant (:func:`finetune_variant`).
-    2. Score each model on held-out real samples (:func:`task_score`) and detect its retrieval
-       heads on them (:func:`retrieval_heads`); recall = share of the real model's heads recovered.
-    3. Correlate recall with each score across the synthetic variants (Spearman, bootstrap CI).
+    2. Score each model (and the base, with ``config.score_base``) on held-out real samples
+       (:func:`score_model`) and detect its retrieval heads on them (:func:`retrieval_heads`);
+       recall = share of the real model's heads recovered.
+    3. Correlate recall with each score across the synthetic variants (Spearman and Pearson,
+       bootstrap CIs).
     4. Knock out the real model's top heads against random heads (:func:`~headscope.ablation.knockout_curve`).
     5. Patch the heads the real model shares with the patch target from real into target, against
        the complement and random sets (:func:`~headscope.patching.compare_patching`).
+
+    ``result.seconds`` times each stage: ``pretrain`` (building or loading the base), ``data``,
+    ``finetune``, ``score``, ``heads``, ``knockout``, ``patching``.
     """
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
@@ -190,21 +238,37 @@ def run_pipeline(config: PipelineConfig, *, progress: bool = True) -> PipelineRe
 
     base, pretraining = base_model(config, progress=False)
     tok, n_ctx = tokenizer_of(base), model_info(base).n_ctx
-    eval_samples = variant_samples(config, config.real, tok, split="eval", n_ctx=n_ctx)
     lap("pretrain")
+    eval_samples = variant_samples(config, config.real, tok, split="eval", n_ctx=n_ctx)
+    analysis = eval_samples[: config.n_analysis] if config.n_analysis else eval_samples
+    lap("data")
     models: dict[str, Any] = {}
     training: dict[str, FinetuneResult] = {}
     scores: dict[str, RetrievalScores] = {}
     rows: list[dict[str, Any]] = []
+    reference = None
+    if config.score_base:
+        accuracy, logprob, by_position = score_model(base, eval_samples, config)
+        lap("score")
+        scores["base"], heads = retrieval_heads(base, eval_samples, config)
+        lap("heads")
+        reference = dict(name="base", accuracy=accuracy, logprob=logprob, by_position=by_position, heads=heads)
     variants: list[Variant] = [config.real, *config.variants]
     for variant in tqdm(variants, desc="variants", disable=not progress):
         train = variant_samples(config, variant, tok, split="train", n_ctx=n_ctx)
+        tokens = _mean_tokens(base, train)
+        lap("data")
         models[variant.name], training[variant.name] = finetune_variant(base, train, config)
         lap("finetune")
-        score = task_score(models[variant.name], eval_samples)
+        accuracy, logprob, by_position = score_model(models[variant.name], eval_samples, config)
+        lap("score")
         scores[variant.name], heads = retrieval_heads(models[variant.name], eval_samples, config)
-        rows.append(dict(variant=variant, score=score, heads=heads))
-        lap("evaluate")
+        lap("heads")
+        rows.append(
+            dict(
+                variant=variant, accuracy=accuracy, logprob=logprob, by_position=by_position, heads=heads, tokens=tokens
+            )
+        )
     real_heads = rows[0]["heads"]
     notes: list[str] = []
     if not real_heads:
@@ -212,27 +276,47 @@ def run_pipeline(config: PipelineConfig, *, progress: bool = True) -> PipelineRe
             "the real-data model has no retrieval head (no head copied a correctly predicted answer token), so "
             "recall is undefined (None); train longer (finetune_steps), on more data (n_train) or with a higher lr"
         )
+
+    def overlap(heads: list[Head]) -> dict[str, float | None]:
+        return dict(
+            recall=recall(real_heads, heads) if real_heads else None,
+            jaccard=jaccard(real_heads, heads) if real_heads or heads else None,
+        )
+
     results = tuple(
         VariantResult(
             name=r["variant"].name,
             needle=r["variant"].needle,
             haystack=r["variant"].haystack,
-            accuracy=r["score"].accuracy,
-            logprob=r["score"].logprob,
+            accuracy=r["accuracy"],
+            logprob=r["logprob"],
             heads=tuple(r["heads"]),
-            recall=recall(real_heads, r["heads"]) if real_heads else None,
-            jaccard=jaccard(real_heads, r["heads"]) if real_heads or r["heads"] else None,
+            **overlap(r["heads"]),  # type: ignore[arg-type]
+            by_position=r["by_position"],
+            train_tokens=r["tokens"],
         )
         for r in rows
     )
+    base_result = None
+    if reference is not None:
+        base_result = VariantResult(
+            name="base",
+            needle="-",
+            haystack="-",
+            accuracy=reference["accuracy"],
+            logprob=reference["logprob"],
+            heads=tuple(reference["heads"]),
+            **overlap(reference["heads"]),  # type: ignore[arg-type]
+            by_position=reference["by_position"],
+        )
     correlations, corr_notes = _correlations(results[1:], config)
     notes += corr_notes
-    knock, knock_notes = _knockout(models[config.real.name], scores[config.real.name], eval_samples, config)
+    knock, knock_notes = _knockout(models[config.real.name], scores[config.real.name], analysis, config)
     notes += knock_notes
     lap("knockout")
     target = _patch_target(results, config)
     shared = sorted(set(real_heads) & set(target.heads))
-    patching, note = _patching(models[config.real.name], models[target.name], shared, eval_samples, config)
+    patching, note = _patching(models[config.real.name], models[target.name], shared, analysis, config)
     notes += [note] if note else []
     lap("patching")
     seconds["total"] = sum(seconds.values())
@@ -248,4 +332,5 @@ def run_pipeline(config: PipelineConfig, *, progress: bool = True) -> PipelineRe
         patch_target=target.name,
         seconds=seconds,
         notes=tuple(notes),
+        base=base_result,
     )

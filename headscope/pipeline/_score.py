@@ -9,11 +9,13 @@ from typing import Any
 import torch
 
 from headscope.errors import ConfigError
+from headscope.evaluate import generate_answer
 from headscope.models import tokenizer_of
-from headscope.tasks import Sample
+from headscope.models._fused import fused_unsupported, hf_twin, user_hooks
+from headscope.tasks import Sample, subspan_match
 from headscope.tasks._forced import answer_logits
 
-__all__ = ["TaskScore", "answer_correct", "task_score"]
+__all__ = ["TaskScore", "answer_correct", "answer_logprob", "generated_match", "task_score"]
 
 
 @dataclass(frozen=True)
@@ -63,3 +65,53 @@ def task_score(model: Any, samples: Sequence[Sample]) -> TaskScore:
         correct += float(bool((logits.argmax(-1) == answer).all()))
         logprob += float(logits.log_softmax(-1).gather(-1, answer[:, None]).sum())
     return TaskScore(correct / len(samples), logprob / len(samples), len(samples))
+
+
+def answer_logprob(model: Any, sample: Sample) -> float:
+    """Log-probability of the gold answer (nats, summed over its tokens), teacher-forced.
+
+    A ``score_fn`` for :func:`~headscope.ablation.knockout_curve` that moves smoothly where
+    exact answers are rare.
+
+    >>> from headscope import load_model
+    >>> answer_logprob(load_model("tiny-llama"), Sample("The key is 4712. The key is", " 4712")) < 0
+    True
+    """
+    logits, answer = _answer_logits(model, sample)
+    return float(logits.log_softmax(-1).gather(-1, answer[:, None]).sum())
+
+
+def generated_match(
+    model: Any, samples: Sequence[Sample], *, max_new_tokens: int, attention: str = "auto"
+) -> list[float]:
+    """Per sample, 1.0 if a gold answer (``meta["answers"]``, else the answer) occurs in the greedy generation.
+
+    Lost in the Middle's best-subspan exact match (:func:`~headscope.tasks.subspan_match`) on
+    ``max_new_tokens`` greedily generated tokens. ``attention="fused"`` (or ``"auto"`` where the
+    model allows it and no hook is attached) generates with Hugging Face's sdpa twin of the bridge,
+    which shares its weights; otherwise through the bridge with a KV cache.
+
+    >>> from headscope import load_model
+    >>> generated_match(load_model("tiny-llama"), [Sample("The key is", " 4712")], max_new_tokens=2)
+    [0.0]
+    """
+    fused = attention == "fused" or (attention == "auto" and fused_unsupported(model) is None and not user_hooks(model))
+    tokenizer = tokenizer_of(model)
+    twin = hf_twin(model, "sdpa") if fused else None
+    out = []
+    for sample in samples:
+        golds = sample.meta.get("answers") or [sample.answer]
+        if twin is None:
+            text = generate_answer(model, sample, max_new_tokens=max_new_tokens)
+        else:
+            text = _generate(twin, tokenizer, sample, max_new_tokens)
+        out.append(subspan_match(text, golds))
+    return out
+
+
+def _generate(twin: Any, tokenizer: Any, sample: Sample, max_new_tokens: int) -> str:
+    ids = sample.encode(tokenizer).input_ids[None].to(twin.device)
+    stop = tokenizer.eos_token_id
+    with torch.no_grad():
+        out = twin.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop, pad_token_id=stop)
+    return tokenizer.decode(getattr(out, "sequences", out)[0, ids.shape[1] :], skip_special_tokens=True)

@@ -10,15 +10,21 @@ if TYPE_CHECKING:
     from headscope.compare import Correlation
     from headscope.pipeline._result import PipelineResult
 
-__all__ = ["summarize"]
+__all__ = ["benchmark_line", "summarize"]
 
 
 def _table(result: PipelineResult) -> list[str]:
-    lines = [f"{'variant':22s} {'accuracy':>8s} {'logprob':>8s} {'recall':>6s} {'jaccard':>7s}  heads"]
-    for v in result.variants:
+    positions = [p for p, _ in result.real.by_position]
+    em_cols = "".join(f" {'EM@' + str(p):>6s}" for p in positions)
+    head = f"{'variant':20s} {'accuracy':>8s}{em_cols} {'logprob':>8s} {'recall':>6s} {'jaccard':>7s} {'tokens':>6s}"
+    lines = [head + "  heads"]
+    for v in result.models:
         heads = " ".join(map(str, as_heads(v.heads))) or "-"
         overlap = f"{_num(v.recall):>6s} {_num(v.jaccard):>7s}"
-        lines.append(f"{v.name:22s} {v.accuracy:8.3f} {v.logprob:8.2f} {overlap}  {heads}")
+        ems = "".join(f" {em:6.3f}" for _, em in v.by_position)
+        logprob = "n/a" if v.logprob is None else f"{v.logprob:.2f}"
+        tokens = "-" if v.train_tokens is None else f"{v.train_tokens:.0f}"
+        lines.append(f"{v.name:20s} {v.accuracy:8.3f}{ems} {logprob:>8s} {overlap} {tokens:>6s}  {heads}")
     return lines
 
 
@@ -28,7 +34,8 @@ def _num(value: float | None) -> str:
 
 def _correlation(key: str, corr: Correlation | None) -> str:
     if corr is None:
-        return f"Spearman(recall, {key}): undefined (see notes)"
+        return f"correlation(recall, {key}): undefined (see notes)"
+    key = key.removesuffix("-pearson")
     verdict = (
         "the interval excludes 0"
         if corr.ci_low > 0 or corr.ci_high < 0
@@ -38,7 +45,7 @@ def _correlation(key: str, corr: Correlation | None) -> str:
         verdict += f", but its p = {corr.p_value:.2g} is not below 0.05 (a percentile bootstrap "
         verdict += f"over {corr.n} points is optimistic)"
     return (
-        f"Spearman(recall, {key}) = {corr.value:+.2f}, {corr.confidence:.0%} bootstrap CI "
+        f"{corr.method.capitalize()}(recall, {key}) = {corr.value:+.2f}, {corr.confidence:.0%} bootstrap CI "
         f"[{corr.ci_low:+.2f}, {corr.ci_high:+.2f}], p = {corr.p_value:.2g}, n = {corr.n} variants; {verdict}"
     )
 
@@ -48,14 +55,18 @@ def _knockout(result: PipelineResult) -> list[str]:
     if curve is None:
         return ["knockout: skipped, since no head of the real model has a positive retrieval score (see notes)."]
     random = curve.random_mean()
-    lines = [f"knockout of the real model's heads (accuracy; intact {curve.baseline:.3f}):"]
+    metric = result.config.knockout_score
+    lines = [
+        f"knockout of the real model's heads ({metric}, {curve.positions} positions, {curve.n_samples} samples; "
+        f"intact {curve.baseline:.3f}):"
+    ]
     for k, top, rand in zip(curve.ks, curve.top, random, strict=True):
         lines.append(f"  k={k:<3d} top heads {top:.3f}   random heads {rand:.3f} (mean of {len(curve.seeds)} draws)")
     k, top, rand = curve.ks[-1], curve.top[-1], random[-1]
-    if curve.baseline == 0:
+    if curve.baseline == 0 and metric == "accuracy":
         lines.append("  the intact model answers nothing exactly, so knockout cannot show anything here.")
     elif top < rand:
-        lines.append(f"  at k={k} the top heads cost {rand - top:.3f} more accuracy than random heads.")
+        lines.append(f"  at k={k} the top heads cost {rand - top:.3f} more {metric} than random heads.")
     else:
         lines.append(f"  at k={k} the top heads cost no more than random heads: no sign they carry the task.")
     return lines
@@ -85,22 +96,95 @@ def _patching(result: PipelineResult) -> list[str]:
     return lines
 
 
-def summarize(result: PipelineResult) -> str:
-    """Every measured number with a one-line reading; makes no claim the numbers do not carry."""
+def _setup(result: PipelineResult) -> str:
     cfg = result.config
-    lines = [
+    if cfg.task == "mdqa":
+        scoring = (
+            f"exact match (best subspan) of {cfg.new_tokens} generated tokens"
+            if cfg.new_tokens > 0
+            else "teacher-forced exact match"
+        )
+        return (
+            f"Synthetic vs real on multi-document QA: {cfg.n_variants} models fine-tuned from {cfg.base!r} "
+            f"({cfg.finetune_steps} steps of {cfg.batch_size}, {cfg.n_train} examples each, train={cfg.train!r}, "
+            f"lr={cfg.lr:g}), scored by {scoring} on {cfg.n_eval} held-out real NQ questions at each gold position "
+            f"{list(cfg.gold_positions)} of {cfg.n_docs} documents; head sets = top {cfg.top_k} heads with a positive "
+            f"retrieval score (span {cfg.span!r}); knockout and patching on {cfg.n_analysis or 'all'} of them."
+        )
+    return (
         f"Synthetic vs real: {cfg.n_variants} models fine-tuned from {cfg.base!r} "
         f"({cfg.finetune_steps} steps each, train={cfg.train!r}), scored on {cfg.n_eval} held-out real samples "
-        f"of {cfg.length} tokens; head sets = top {cfg.top_k} heads with a positive retrieval score.",
+        f"of {cfg.length} tokens; head sets = top {cfg.top_k} heads with a positive retrieval score."
+    )
+
+
+def _claims(result: PipelineResult) -> list[str]:
+    """The seed paper's five claims, each marked reproduced or not by this run's numbers."""
+    real, syn = result.real, result.synthetic
+    best = max(v.accuracy for v in syn)
+    lines = ["The seed paper's claims, as this run measured them:"]
+    lines.append(
+        f"  1. synthetic data fall short of real data: {'REPRODUCED' if best < real.accuracy else 'NOT reproduced'} "
+        f"(real {real.accuracy:.3f}, best synthetic {best:.3f}"
+        + (f", base {result.base.accuracy:.3f}" if result.base is not None else "")
+        + ")"
+    )
+    recalls = [v.recall for v in syn if v.recall is not None]
+    if recalls:
+        lines.append(
+            f"  2. synthetic models' heads overlap the real ones: recall {min(recalls):.2f}-{max(recalls):.2f} "
+            f"of the real top {result.config.top_k} ({'REPRODUCED' if min(recalls) >= 0.5 else 'partly'})"
+        )
+    corr = result.correlations.get("accuracy")
+    if corr is None:
+        lines.append("  3. recall predicts score: NOT testable here (correlation undefined, see notes)")
+    else:
+        excludes = corr.ci_low > 0
+        lines.append(
+            f"  3. recall predicts score: Spearman {corr.value:+.2f} [{corr.ci_low:+.2f}, {corr.ci_high:+.2f}] over "
+            f"{corr.n} variants: {'REPRODUCED' if excludes else 'NOT reproduced (interval includes 0 or is negative)'}"
+        )
+    curve = result.knockout
+    if curve is None:
+        lines.append("  4. knocking out the heads shows they are necessary: NOT run")
+    else:
+        drop_top, drop_random = curve.baseline - curve.top[-1], curve.baseline - curve.random_mean()[-1]
+        lines.append(
+            f"  4. the heads are necessary: top-{curve.ks[-1]} knockout costs {drop_top:.3f}, random "
+            f"{drop_random:.3f} ({'REPRODUCED' if drop_top > max(2 * drop_random, 0.0) else 'NOT reproduced'})"
+        )
+    cmp = result.patching
+    if cmp is None:
+        lines.append("  5. patching the shared heads explains part of the gap: NOT run (see notes)")
+    elif cmp.values["source"] <= cmp.values["target"]:
+        lines.append("  5. patching the shared heads explains part of the gap: NOT testable (no gap to recover)")
+    else:
+        shared, rand = cmp.recovered("shared"), cmp.random_values()
+        mean_rand = (sum(rand) / len(rand) - cmp.values["target"]) / (cmp.values["source"] - cmp.values["target"])
+        ok = 0 < shared < 1 and shared > mean_rand
+        lines.append(
+            f"  5. patching the shared heads explains part of the gap: {shared:+.2f} of it "
+            f"(random sets {mean_rand:+.2f}, "
+            f"complement {cmp.recovered('complement'):+.2f}): {'REPRODUCED' if ok else 'NOT reproduced'}"
+        )
+    return lines
+
+
+def summarize(result: PipelineResult) -> str:
+    """Every measured number with a one-line reading; makes no claim the numbers do not carry."""
+    keys = [k for k in ("accuracy", "accuracy-pearson", "logprob", "logprob-pearson") if k in result.correlations]
+    lines = [
+        _setup(result),
         "",
         *_table(result),
         "",
-        _correlation("accuracy", result.correlations.get("accuracy")),
-        _correlation("logprob", result.correlations.get("logprob")),
+        *[_correlation(k, result.correlations.get(k)) for k in keys],
         "",
         *_knockout(result),
         "",
         *_patching(result),
+        "",
+        *_claims(result),
     ]
     if result.correlations.get("accuracy") is not None and result.correlations["accuracy"].n < 8:
         lines += ["", f"Caution: {result.correlations['accuracy'].n} variants make a very wide interval by nature."]
@@ -108,3 +192,27 @@ def summarize(result: PipelineResult) -> str:
         lines += ["", "Notes:", *[f"  - {n}" for n in result.notes]]
     lines += ["", "Time: " + ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())]
     return "\n".join(lines)
+
+
+def benchmark_line(result: PipelineResult) -> str:
+    """``bench pipeline <base>: stage seconds (per unit) | ...`` for every timed stage."""
+    cfg, sec = result.config, result.seconds
+    n_models = len(result.models)
+    n_eval = len(cfg.gold_positions) * cfg.n_eval if cfg.task == "mdqa" else cfg.n_eval
+    n_analysis = min(cfg.n_analysis or n_eval, n_eval)
+    steps = cfg.n_variants * cfg.finetune_steps
+    units = {
+        "finetune": (steps, "step"),
+        "score": (n_models * n_eval, "generation" if cfg.new_tokens > 0 else "forward"),
+        "heads": (n_models * n_eval, "forward"),
+        "knockout": (n_analysis * (1 + len(cfg.knockout_ks) * (1 + len(cfg.knockout_seeds))), "scored sample"),
+        "patching": (n_analysis * (5 + cfg.n_random), "forward"),
+    }
+    parts = []
+    for stage, value in sec.items():
+        if stage in units and units[stage][0]:
+            n, unit = units[stage]
+            parts.append(f"{stage} {value:.1f} s ({n} x {value / n:.2f} s/{unit})")
+        else:
+            parts.append(f"{stage} {value:.1f} s")
+    return f"bench pipeline {cfg.base} ({cfg.task}): " + " | ".join(parts)

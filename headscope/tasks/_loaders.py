@@ -137,13 +137,22 @@ def load_mdqa(path: str | Path, *, limit: int | None = None, skip_unanswerable: 
 
 
 def real_mdqa(
-    path: str | Path, *, n_docs: int = 10, gold_position: int | None = None, n_samples: int = 1, seed: int = 0
+    path: str | Path,
+    *,
+    n_docs: int = 10,
+    gold_position: int | None = None,
+    n_samples: int = 1,
+    seed: int = 0,
+    exclude: Sequence[Sample] = (),
 ) -> list[Sample]:
     """The seed paper's "real" MDQA from the oracle file: each question's distractors are other rows' gold passages.
 
     A distractor must contain none of the question's answers, even inside a word (after SQuAD
     normalization of both).
-    ``gold_position`` is 0-based (drawn per sample when ``None``).
+    ``gold_position`` is 0-based (drawn per sample when ``None``). ``exclude`` holds samples
+    (built by this function) kept apart from the result: no question of theirs is asked and no
+    passage of theirs is used, as gold or distractor, so training data built with
+    ``exclude=eval_samples`` never shows an evaluation question or gold passage.
     """
     path = Path(path)
     rows = []
@@ -155,6 +164,9 @@ def real_mdqa(
             rows.append((number, _field(row, "question", str, where), _answers(row, ["answers"], where), gold[0]))
     if n_docs < 1 or (gold_position is not None and not 0 <= gold_position < n_docs):
         raise TaskError(f"need n_docs >= 1 and gold_position in [0, {n_docs - 1}]; got {n_docs}, {gold_position}")
+    questions = {s.meta["question"] for s in exclude}
+    shown = "\n".join(s.prompt for s in exclude)
+    rows = [r for r in rows if r[1] not in questions and r[3].text not in shown]
     passages = {}
     for _, _, _, doc in rows:
         passages.setdefault(doc.text, (doc, normalize_answer(doc.title + " " + doc.text)))

@@ -9,7 +9,7 @@ position ids start at 0 in every row, as they do for a single sequence.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -46,11 +46,16 @@ def answer_loss(model: Any, batch: Samples, *, tokenizer: Any = None) -> Float[T
     return total / count
 
 
-def answer_nll(model: Any, batch: Sequence[EncodedSample]) -> tuple[Float[Tensor, ""], int]:
-    """Summed negative log-likelihood of the answer tokens of ``batch``, and how many there are."""
+def answer_nll(
+    model: Any, batch: Sequence[EncodedSample], *, forward: Callable[[Tensor], Tensor] | None = None
+) -> tuple[Float[Tensor, ""], int]:
+    """Summed negative log-likelihood of the answer tokens of ``batch``, and how many there are.
+
+    ``forward(tokens) -> logits`` replaces ``model(tokens)`` (e.g. a fused twin sharing its weights).
+    """
     forced = forced_batch(batch)
     device = next(model.parameters()).device
-    logits = model(forced.tokens.to(device))
+    logits = (forward or model)(forced.tokens.to(device))
     scored = forced.targets != -100
     index = torch.arange(len(batch))[:, None].expand_as(forced.rows)
     picked = logits[index[scored].to(device), forced.rows[scored].to(device)]

@@ -11,12 +11,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from headscope.errors import ConfigError, InputTypeError, ModelError
+from headscope.models._fused import hf_twin
 from headscope.tasks import EncodedSample
 from headscope.training._loss import Samples, answer_nll, prepare
 from headscope.training._result import FinetuneResult
 from headscope.training._select import Train, select_parameters
 
 Schedule = Literal["constant", "linear", "cosine"]
+Attention = Literal["eager", "fused"]
 EvalFn = Callable[[Any, int], Mapping[str, float]]
 
 
@@ -39,6 +41,7 @@ def finetune(
     eval_fn: EvalFn | None = None,
     eval_every: int | None = None,
     check_gradients: bool = True,
+    attention: Attention = "eager",
     progress: bool = True,
 ) -> FinetuneResult:
     """Train ``model`` **in place** on the answer tokens of ``samples``, updating only ``train``.
@@ -53,6 +56,11 @@ def finetune(
     The model stays in eval mode throughout (no dropout, as in ``HookedTransformer``, so every
     kind trains alike) and is left in eval mode with its ``requires_grad`` flags restored.
     ``eval_fn(model, step)`` runs before training, every ``eval_every`` steps and at the end.
+
+    ``attention="fused"`` runs each training forward and backward through a Hugging Face twin
+    of the bridge (sdpa attention) that shares its parameter
+    tensors, so the bridge's own weights are trained, 1.5x faster on SmolLM2 at 750 tokens;
+    hooks attached to the bridge do not fire there. ``"eager"`` (default) runs the model itself.
 
     With ``check_gradients``, the first step checks that every selected parameter gets a
     non-zero gradient, and raises :class:`~headscope.ModelError` naming those that do not,
@@ -73,6 +81,7 @@ def finetune(
     (5, True)
     """
     encoded = prepare(model, samples, tokenizer)
+    forward = _forward(model, attention)
     _check_settings(lr, epochs, steps, batch_size, grad_accum, warmup, eval_every, schedule)
     chosen = select_parameters(model, train)
     per_epoch = math.ceil(math.ceil(len(encoded) / batch_size) / grad_accum)
@@ -90,6 +99,7 @@ def finetune(
         max_grad_norm=max_grad_norm,
         seed=seed,
         n_samples=len(encoded),
+        attention=attention,
     )
     params = list(chosen.values())
     flags = {id(p): p.requires_grad for p in model.parameters()}
@@ -112,7 +122,7 @@ def finetune(
             optimizer.zero_grad(set_to_none=True)
             loss = 0.0
             for micro in group:
-                nll, _ = answer_nll(model, micro)
+                nll, _ = answer_nll(model, micro, forward=forward)
                 if not nll.requires_grad:  # no selected parameter reaches the loss at all
                     _check_gradients(model, chosen)
                 (nll / n_tokens).backward()
@@ -138,6 +148,16 @@ def finetune(
     return FinetuneResult(
         losses=tuple(losses), lrs=tuple(lrs), evals=tuple(evals), trained=tuple(chosen), settings=settings
     )
+
+
+def _forward(model: Any, attention: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``None`` (call the model) for ``"eager"``; for ``"fused"`` the logits of an sdpa twin sharing its weights."""
+    if attention == "eager":
+        return None
+    if attention != "fused":
+        raise ConfigError(f"attention must be 'eager' or 'fused'; got {attention!r}")
+    twin = hf_twin(model, "sdpa")
+    return lambda tokens: twin(tokens).logits
 
 
 def _micro_batches(encoded: list[EncodedSample], batch_size: int, seed: int) -> Iterator[list[EncodedSample]]:
