@@ -33,9 +33,10 @@ def _num(value: float | None) -> str:
 
 
 def _correlation(key: str, corr: Correlation | None) -> str:
-    if corr is None:
-        return f"correlation(recall, {key}): undefined (see notes)"
+    method = "Pearson" if key.endswith("-pearson") else "Spearman"
     key = key.removesuffix("-pearson")
+    if corr is None:
+        return f"{method}(recall, {key}): undefined (see notes)"
     verdict = (
         "the interval excludes 0"
         if corr.ci_low > 0 or corr.ci_high < 0
