@@ -131,9 +131,7 @@ def _detect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _top_heads_attention(
-    model: Any, log: Any, scores: Any, span: str, n_heads: int = 3, max_length: int = 2000
-) -> Any:
+def _top_heads_attention(model: Any, log: Any, scores: Any, span: str, n_heads: int = 3, max_length: int = 2000) -> Any:
     """The top heads' attention on one answered sample (the longest context up to ``max_length``
     tokens, else the shortest; needle nearest mid-depth), at the rows that produced the answer in
     the model's own output. The record runs the model's eager attention, which at 8k tokens would
@@ -272,7 +270,8 @@ def _compare(args: argparse.Namespace) -> int:
         }
     )
     frame.to_csv(out / "comparison.csv", index=False)
-    figure = recall_scatter(frame["reference"], frame["candidate"], labels=list(frame["label"]), title="Head scores")
+    x, y = frame["reference"].to_numpy(), frame["candidate"].to_numpy()
+    figure = recall_scatter(x, y, labels=list(frame["label"]), title="Head scores")
     figure.update_layout(xaxis_title=args.reference, yaxis_title=args.candidate)
     _report(out, "Head-set comparison", [("Scores of every head", figure), ("Summary", pd.DataFrame([summary]))])
     for key in ("recall", "jaccard", "spearman", "top_k_overlap"):

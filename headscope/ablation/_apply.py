@@ -25,7 +25,7 @@ offsets rows by ``n_key - n_query``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -35,7 +35,7 @@ from torch import Tensor
 from headscope.ablation._inputs import encoded
 from headscope.ablation._spec import Knockout, Mode, Route
 from headscope.errors import ConfigError, ModelError, SpanError
-from headscope.heads import Head
+from headscope.heads import Heads
 from headscope.hooks import HookFn, attached, attn_hook, block_hook, capture
 from headscope.models import ModelInfo, model_info
 from headscope.tasks import EncodedSample, Sample
@@ -81,7 +81,7 @@ def apply_knockout(
 @contextmanager
 def knockout(
     model: Any,
-    heads: Iterable[Head | str],
+    heads: Heads,
     mode: Mode = "uniform",
     *,
     keys: Any = None,

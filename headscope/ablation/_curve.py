@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from headscope._types import Choice
 from headscope.ablation._inputs import encoded
 from headscope.ablation._means import head_means
 from headscope.ablation._spec import Knockout, Route
 from headscope.errors import ConfigError, HeadIndexError
-from headscope.heads import Head, random_heads
+from headscope.heads import Head, Heads, random_heads
 from headscope.models import model_info
 from headscope.results import Saved
 from headscope.tasks import Sample
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["KnockoutCurve", "knockout_curve"]
 
 ScoreFn = Callable[[Any, Sample], float]
-Positions = Literal["answer", "all"]
+Positions = Choice["answer", "all"]
 POSITIONS: tuple[str, ...] = ("answer", "all")
 _FLAT = (
     "knockout_curve: the score is 0 on every sample with no head knocked out (k = 0), so knocking heads out "
@@ -99,7 +100,7 @@ class KnockoutCurve(Saved):
 def knockout_curve(
     model: Any,
     samples: Sequence[Sample],
-    ranking: Iterable[Head | str],
+    ranking: Heads,
     score_fn: ScoreFn,
     *,
     ks: Sequence[int],

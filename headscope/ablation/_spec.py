@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
 
+from headscope._types import Choice
 from headscope.errors import ConfigError, HeadIndexError, ModelMismatchError, SpanError
-from headscope.heads import Head, as_heads
+from headscope.heads import Heads, as_heads
 from headscope.results import Saved
 
 if TYPE_CHECKING:
     from headscope.models import ModelInfo
     from headscope.tasks import EncodedSample, Sample
 
-Mode = Literal["edge", "uniform", "zero", "mean"]
-Route = Literal["auto", "scores", "z"]
+Mode = Choice["edge", "uniform", "zero", "mean"]
+Route = Choice["auto", "scores", "z"]
 MODES: tuple[str, ...] = ("edge", "uniform", "zero", "mean")
 
 __all__ = ["MODES", "Knockout", "Mode", "Route"]
@@ -56,12 +58,12 @@ class Knockout(Saved):
     True
     """
 
-    heads: tuple[Head, ...]
+    heads: Heads
     mode: Mode = "uniform"
-    keys: tuple[int, ...] | None = None
+    keys: Iterable[int] | None = None
     span: str | None = None
-    queries: tuple[int, ...] | None = None
-    means: tuple[tuple[float, ...], ...] | None = field(default=None, repr=False)
+    queries: Iterable[int] | None = None
+    means: Sequence[Sequence[float]] | Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         heads = as_heads(self.heads)

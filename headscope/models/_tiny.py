@@ -14,8 +14,9 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from headscope._types import Choice
 from headscope.errors import ConfigError
 from headscope.models._cache import cache_dir
 
@@ -32,6 +33,9 @@ _WORDS = (
     "because although while after before during when where which who what how"
 ).split()
 _SPECIAL = "<|endoftext|>"
+
+
+Arch = Choice["llama", "qwen2", "mistral", "gpt2", "gpt-neo"]
 
 
 def _corpus(n_sentences: int = 3000, seed: int = 0) -> list[str]:
@@ -135,7 +139,7 @@ def _config(arch: str, vocab: int, bos: int, n_layers: int, d_model: int, n_head
 
 
 def tiny_folder(
-    arch: Literal["llama", "qwen2", "mistral", "gpt2", "gpt-neo"] = "llama",
+    arch: Arch = "llama",
     *,
     n_layers: int = 2,
     d_model: int = 64,

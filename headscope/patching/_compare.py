@@ -8,7 +8,7 @@ heads matter, patching them recovers more of the source-target gap than random h
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from headscope.errors import HeadscopeError
-from headscope.heads import Head, as_heads, random_heads
+from headscope.heads import Head, Heads, as_heads, random_heads
 from headscope.models import model_info
 from headscope.patching._metrics import AnswerLogProb, Metric, metric_name
 from headscope.patching._patch import _as_batch, check_same_architecture, patched, record_heads
@@ -82,7 +82,7 @@ def compare_patching(
     target: Any,
     source: Any,
     inputs: Sequence[Any],
-    shared_heads: Iterable[Head],
+    shared_heads: Heads,
     metric: Metric | None = None,
     *,
     n_random: int = 5,

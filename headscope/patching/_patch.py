@@ -17,19 +17,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from headscope._types import Choice
 from headscope.errors import HeadIndexError, HeadscopeError, ModelError, ModelMismatchError
-from headscope.heads import Head
+from headscope.heads import Heads
 from headscope.hooks import attached, attn_hook, capture
 from headscope.models import ModelInfo, model_info
 
-Site = Literal["z", "q", "k", "v", "pattern"]
-Positions = Literal["all"] | Sequence[int]
+Site = Choice["z", "q", "k", "v", "pattern"]
+Positions = Choice["all"] | Sequence[int]
 SITES: tuple[str, ...] = ("z", "q", "k", "v", "pattern")
 
 __all__ = ["check_same_architecture", "patch_heads", "patched", "record_heads"]
@@ -59,7 +60,7 @@ def check_same_architecture(target: Any, source: Any) -> None:
         )
 
 
-def _heads_by_layer(info: ModelInfo, heads: Iterable[Head]) -> dict[int, list[int]]:
+def _heads_by_layer(info: ModelInfo, heads: Heads) -> dict[int, list[int]]:
     by_layer: dict[int, list[int]] = {}
     for layer, head in sorted(set(info.check_heads(heads))):
         by_layer.setdefault(layer, []).append(head)
@@ -167,7 +168,7 @@ class _PatchHook:
 def patched(
     model: Any,
     source: Mapping[str, Tensor],
-    heads: Iterable[Head],
+    heads: Heads,
     *,
     positions: Positions = "all",
     sites: Sequence[Site] = ("z",),
@@ -214,7 +215,7 @@ def patch_heads(
     target: Any,
     source: Any,
     tokens: Int[Tensor, "batch pos"],
-    heads: Iterable[Head],
+    heads: Heads,
     *,
     positions: Positions = "all",
     sites: Sequence[Site] = ("z",),

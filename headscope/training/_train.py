@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from headscope._types import Choice
 from headscope.errors import ConfigError, InputTypeError, ModelError
+from headscope.models import model_info
 from headscope.tasks import EncodedSample
 from headscope.training._loss import Samples, answer_nll, prepare
 from headscope.training._result import FinetuneResult
 from headscope.training._select import Train, select_parameters
 
-Schedule = Literal["constant", "linear", "cosine"]
+Schedule = Choice["constant", "linear", "cosine"]
 EvalFn = Callable[[Any, int], Mapping[str, float]]
 
 
@@ -78,7 +80,7 @@ def finetune(
     per_epoch = math.ceil(math.ceil(len(encoded) / batch_size) / grad_accum)
     total = steps if steps is not None else epochs * per_epoch
     settings = dict(
-        model=str(getattr(model.cfg, "model_name", type(model).__name__)),
+        model=model_info(model).name,
         train=train if isinstance(train, str) else (repr(train) if callable(train) else list(train)),
         lr=lr,
         schedule=schedule,
