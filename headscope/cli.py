@@ -16,9 +16,9 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from headscope.errors import HeadscopeError
+from headscope.errors import ConfigError, HeadscopeError
 
 TASKS = ("needle", "mdqa", "multihop", "kv", "citation")
 KINDS = ("natural", "templated", "symbolic")
@@ -36,7 +36,10 @@ def _load_model(spec: str, kind: str, weights: str | None = None) -> Any:
     elif Path(spec).is_dir():
         model = load_folder(spec, kind=kind)
     else:
-        raise HeadscopeError(f"--model {spec!r} is neither a known model ({', '.join(known_models())}) nor a folder")
+        raise ConfigError(
+            f"--model {spec!r} is neither a known model ({', '.join(known_models())}) nor a folder; "
+            "give one of those names or the folder of a saved Hugging Face model"
+        )
     if weights:
         from headscope.training import load_weights
 
@@ -173,7 +176,7 @@ def _knockout(args: argparse.Namespace) -> int:
     ranking = [head for head, _ in RetrievalScores.load(args.scores).above(0.0)]
     ks = [k for k in args.ks if k <= len(ranking)]
     if not ks:
-        raise HeadscopeError(
+        raise ConfigError(
             f"{args.scores} has {len(ranking)} heads with a positive score, fewer than every k in --ks {args.ks}; "
             "zero-score heads are never ranked: give smaller --ks or detect on more samples"
         )
@@ -323,10 +326,15 @@ def _add_task(parser: argparse.ArgumentParser, *, lengths: Sequence[int] = (500,
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr and exit code 2, like every other headscope error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="headscope", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = _Parser(prog="headscope", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kind", choices=("bridge", "hooked"), default="bridge", help="TransformerLens model kind")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -6,16 +6,20 @@ import dataclasses
 import warnings
 import weakref
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from headscope._types import Choice
 from headscope.errors import ContextLengthError, HeadIndexError, ModelError
 from headscope.heads import Head, Heads, as_heads
 from headscope.hooks import attached, attn_hook
 from headscope.models._kinds import Kind, model_kind
+
+Positional = Choice["rotary", "standard", "other"]
+ProbedSite = Choice["pattern", "attn_scores"]
 
 # Both live beside the user's model, not on it, and go when the model goes.
 _INFOS: weakref.WeakKeyDictionary[Any, ModelInfo] = weakref.WeakKeyDictionary()
@@ -42,7 +46,7 @@ class ModelInfo:
     d_model: int
     n_ctx: int
     d_vocab: int
-    positional: Literal["rotary", "standard", "other"]
+    positional: Positional
     pattern_edits: bool
     score_edits: bool
 
@@ -133,7 +137,7 @@ def model_info(model: Any, *, refresh: bool = False) -> ModelInfo:
     return info
 
 
-def _edit_honoured(model: Any, site: Literal["pattern", "attn_scores"]) -> bool:
+def _edit_honoured(model: Any, site: ProbedSite) -> bool:
     """Does replacing layer 0's ``site`` change that layer's ``hook_z``?
 
     The edit sends every query to key 0 only; if it is honoured, every row of ``z`` then equals
