@@ -87,7 +87,7 @@ class AnswerLogProb:
 
 def generation_score(
     model: Any,
-    tokens: Int[Tensor, "batch pos"] | Sequence[int],
+    tokens: Int[Tensor, "*batch pos"] | Sequence[int],
     score_fn: Callable[[str], float],
     *,
     max_new_tokens: int = 20,

@@ -219,7 +219,7 @@ def patch_heads(
     *,
     positions: Positions = "all",
     sites: Sequence[Site] = ("z",),
-    source_tokens: Int[Tensor, "batch pos"] | None = None,
+    source_tokens: Int[Tensor, "batch _pos"] | None = None,  # its length is checked against tokens below
 ) -> Float[Tensor, "batch pos vocab"]:
     """Logits of ``target`` on ``tokens`` with ``heads`` patched from ``source``'s run.
 
