@@ -55,7 +55,7 @@ class RetrievalScores(Saved):
     [((0, 0), 0.5)]
     """
 
-    hit_sums: Float[Tensor, "layer head"]
+    hit_sums: Float[Tensor, "..."]  # a [layer, head] grid: __post_init__ checks the shape (ConfigError)
     n_counted: int
     n_samples: int
     model: str
