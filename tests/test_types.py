@@ -60,7 +60,7 @@ def test_choices_are_choice_not_literal():
 @pytest.mark.parametrize(
     ("call", "words"),
     [
-        (lambda: knockout(load_model("tiny-llama"), [(0, 0)], mode="bogus"), "mode must be one of"),
+        (lambda: knockout(load_model("tiny-llama"), [(0, 0)], mode="bogus").__enter__(), "mode must be one of"),
         (lambda: correlate([1, 2, 3], [1, 2, 4], method="kendall"), "'spearman' or 'pearson'"),
     ],
 )

@@ -28,7 +28,7 @@ __all__ = ["attribution_patching"]
 def attribution_patching(
     model: Any,
     clean_tokens: Int[Tensor, "batch pos"],
-    corrupted_tokens: Int[Tensor, "batch pos"],
+    corrupted_tokens: Int[Tensor, "_batch _pos"],  # its shape is checked against clean_tokens below
     metric: Metric,
     *,
     positions: Positions = "all",

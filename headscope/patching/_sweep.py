@@ -41,7 +41,7 @@ __all__ = ["head_patching_sweep"]
 def head_patching_sweep(
     model: Any,
     clean_tokens: Int[Tensor, "batch pos"],
-    corrupted_tokens: Int[Tensor, "batch pos"],
+    corrupted_tokens: Int[Tensor, "_batch _pos"],  # its shape is checked against clean_tokens below
     metric: Metric,
     *,
     positions: Positions = "all",
