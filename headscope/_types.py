@@ -14,6 +14,9 @@ itself, and its :class:`~headscope.ConfigError` says what was expected, what was
 try; a runtime checker therefore lets any string through to that check rather than pre-empting it
 with a message of its own. The same rule holds for any argument headscope validates with its own
 error: the annotation states what may be passed in, and headscope's check states what is accepted.
+So a ``[layer, head]`` grid that headscope checks is a :data:`Grid`, and an axis whose size headscope
+compares itself is written with a leading underscore (``"batch _pos"``), which jaxtyping reads as a
+name for the reader, not a size to bind.
 
 >>> Choice["fast", "exact"] is str
 True
@@ -29,9 +32,9 @@ from torch import Tensor
 
 __all__ = ["AXES", "Choice", "Grid"]
 
-#: Every axis name a jaxtyping annotation in headscope may use (``tests/test_types.py`` checks).
 _CORE = "batch pos query key layer head d_head d_model vocab"
 _ADDED = "row answer sample kv_head"  # the four added on purpose (see above)
+#: Every axis name a jaxtyping annotation in headscope may use (``tests/test_types.py`` checks).
 AXES: frozenset[str] = frozenset((_CORE + " " + _ADDED).split())
 
 #: A ``[layer, head]`` grid of per-head values, as a tensor or an array. Functions taking one
