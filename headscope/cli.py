@@ -131,9 +131,7 @@ def _detect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _top_heads_attention(
-    model: Any, log: Any, scores: Any, span: str, n_heads: int = 3, max_length: int = 2000
-) -> Any:
+def _top_heads_attention(model: Any, log: Any, scores: Any, span: str, n_heads: int = 3, max_length: int = 2000) -> Any:
     """The top heads' attention on one answered sample (the longest context up to ``max_length``
     tokens, else the shortest; needle nearest mid-depth), at the rows that produced the answer in
     the model's own output. The record runs the model's eager attention, which at 8k tokens would

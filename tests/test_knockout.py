@@ -264,9 +264,7 @@ def test_z_route_refuses_a_kv_cache_and_works_without(tiny_neo):
 
 def test_knockout_spec_prints_compares_and_round_trips(tmp_path, tiny_llama):
     spec = Knockout([(1, 2), "L0H3"], "edge", keys=[7, 5, 6], queries=range(8, 10))
-    assert repr(spec) == (
-        "Knockout(heads=((0, 3), (1, 2)), mode='edge', keys=(5, 6, 7), span=None, queries=(8, 9))"
-    )
+    assert repr(spec) == ("Knockout(heads=((0, 3), (1, 2)), mode='edge', keys=(5, 6, 7), span=None, queries=(8, 9))")
     assert spec == Knockout([(0, 3), (1, 2)], "edge", keys=(5, 6, 7), queries=(8, 9))
     assert spec != replace(spec, mode="uniform", keys=None)
     spec.save(tmp_path / "k.json")
