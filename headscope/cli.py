@@ -78,7 +78,8 @@ def _out(args: argparse.Namespace) -> Path:
     return out
 
 
-def _report(out: Path, title: str, sections: list[tuple[str, Any]]) -> None:
+def _report(out: Path, title: str, sections: Sequence[Any]) -> None:
+    """``report.html`` in ``out``: the sections as :func:`~headscope.viz.save_report` takes them."""
     from headscope.viz import save_report
 
     save_report(out / "report.html", title, sections)
