@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from headscope.retrieval import detect_retrieval_heads
+from headscope.retrieval import RougeRecall, detect_retrieval_heads
 from headscope.tasks import Sample, needle_grid
 
 pytestmark = pytest.mark.smollm2
@@ -82,6 +82,8 @@ def test_generation_hits_equal_wu_style_hf_decoding(smollm2, smollm2_hf, smollm2
     sample = samples[0]
     expected, produced = reference_generation(smollm2_hf, sample, smollm2_tokenizer, max_new_tokens=24)
     scores = detect_retrieval_heads(smollm2, [sample], mode="generation", max_new_tokens=24, progress=False)
-    assert smollm2_tokenizer.decode(produced).startswith(sample.answer)  # the model answered by copying
+    answer = smollm2_tokenizer.decode(produced, skip_special_tokens=True)
+    assert RougeRecall()(sample, answer), answer  # the model answered with the needle sentence (Wu et al.'s rule)
+    assert expected.sum() > 0  # and some heads copied from the needle: the comparison below is not vacuous
     assert scores.n_counted == 1
     assert torch.equal(scores.per_sample[0], expected)
