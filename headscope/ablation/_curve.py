@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
+from headscope.ablation._apply import Attention, uses_fused
 from headscope.ablation._inputs import encoded
 from headscope.ablation._means import head_means
 from headscope.ablation._spec import Knockout, Route
@@ -58,6 +59,7 @@ class KnockoutCurve(Saved):
     n_samples: int
     model: str = ""
     positions: str = "all"  # curves saved before the choice existed knocked out every row
+    attention: str = "eager"  # the attention route the knockouts ran on; "eager" before the fused one existed
 
     def random_mean(self) -> np.ndarray:
         """Mean random-head score at each ``k``."""
@@ -108,6 +110,7 @@ def knockout_curve(
     seeds: Sequence[int] = (0, 1, 2),
     exclude_top: int | None = None,
     route: Route = "auto",
+    attention: Attention = "auto",
     positions: Positions = "answer",
     mean_exclude: Sequence[str] = (),
     progress: bool = True,
@@ -121,7 +124,9 @@ def knockout_curve(
     needs ``span`` (e.g. ``"needle"``), resolved per sample; ``mode="mean"`` takes its means
     from the samples themselves, over every position unless ``mean_exclude`` leaves some out
     (``("bos", "needle")``: the attention-sink position and the needle; see
-    :func:`~headscope.ablation.head_means`).
+    :func:`~headscope.ablation.head_means`). ``attention`` (``"auto"``, ``"fused"``, ``"eager"``)
+    and ``route`` pick how the knockouts run (:func:`~headscope.ablation.knockout`); the route is
+    settled once, before the first sample.
 
     ``positions`` picks the query rows the heads are knocked out at:
 
@@ -165,6 +170,7 @@ def knockout_curve(
         raise ConfigError(f"positions must be 'answer' or 'all'; got {positions!r}")
     if mode == "edge" and span is None:
         raise ConfigError("mode='edge' needs span= (e.g. 'needle'), the span each sample's queries cannot see")
+    attention = "fused" if uses_fused(model, attention, route) else "eager"
     exclude = max(ks) if exclude_top is None else int(exclude_top)
     random_sets = tuple(
         tuple(tuple(random_heads(info, k, exclude=ranking_[:exclude], seed=seed)) for k in ks) for seed in seeds
@@ -185,7 +191,7 @@ def knockout_curve(
         )
         values = []
         for sample in samples:
-            with _for_sample(spec, model, sample, positions).applied(model, route=route):
+            with _for_sample(spec, model, sample, positions).applied(model, route=route, attention=attention):
                 values.append(float(score_fn(model, sample)))
             bar.update()
         return values
@@ -210,6 +216,7 @@ def knockout_curve(
         n_samples=len(samples),
         model=info.name,
         positions=positions,
+        attention=attention,
     )
 
 

@@ -117,7 +117,12 @@ class Knockout(Saved):
         return replace(self, keys=tuple(keys), span=None)
 
     def applied(
-        self, model: Any, *, sample: Sample | EncodedSample | None = None, route: Route = "auto"
+        self,
+        model: Any,
+        *,
+        sample: Sample | EncodedSample | None = None,
+        route: Route = "auto",
+        attention: Literal["auto", "fused", "eager"] = "auto",
     ) -> AbstractContextManager[None]:
         """A ``with`` block during which every forward pass of ``model`` runs with this knockout.
 
@@ -125,11 +130,13 @@ class Knockout(Saved):
         model's tokenizer). ``route`` picks how edge and uniform knockouts are carried out:
         ``"scores"`` edits ``hook_attn_scores``; ``"z"`` rewrites ``hook_z`` from the head's value
         vectors (exact on models whose attention ignores score edits); ``"auto"`` uses ``"scores"``
-        where :func:`~headscope.model_info` says score edits are honoured.
+        where :func:`~headscope.model_info` says score edits are honoured. ``attention="fused"``
+        runs sdpa and rewrites only the knocked-out rows; ``"auto"`` (default) takes it wherever it
+        can run (see :mod:`headscope.ablation._apply`).
         """
         from headscope.ablation._apply import apply_knockout
 
-        return apply_knockout(model, self, sample=sample, route=route)
+        return apply_knockout(model, self, sample=sample, route=route, attention=attention)
 
 
 def _positions(values: Iterable[int], name: str) -> tuple[int, ...]:
