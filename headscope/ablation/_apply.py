@@ -32,8 +32,7 @@ from headscope.errors import ConfigError, ModelError, SpanError
 from headscope.heads import Head
 from headscope.hooks import HookFn, attached, attn_hook, capture
 from headscope.models import ModelInfo, model_info
-from headscope.models._fused import fused_unsupported
-from headscope.models._fused_bridge import fused_bridge, unfired_hooks
+from headscope.models._fused_bridge import fused_bridge, wants_fused
 from headscope.tasks import EncodedSample, Sample
 
 __all__ = ["Attention", "apply_knockout", "knockout", "uses_fused"]
@@ -43,20 +42,7 @@ Attention = Literal["auto", "fused", "eager"]
 
 def uses_fused(model: Any, attention: str, route: str = "auto") -> bool:
     """Whether a knockout with these options takes the fused route; raises when ``"fused"`` cannot run."""
-    if attention not in ("auto", "fused", "eager"):
-        raise ConfigError(f"attention must be 'fused', 'eager' or 'auto'; got {attention!r}")
-    if attention == "eager":
-        return False
-    if route != "auto":
-        if attention == "fused":
-            raise ConfigError(f"route={route!r} picks an eager hook route; with attention='fused' leave route='auto'")
-        return False
-    reason = fused_unsupported(model)
-    if reason is None and unfired_hooks(model):
-        reason = f"hooks are attached to {', '.join(unfired_hooks(model)[:3])}, which the fused route cannot fire"
-    if reason is not None and attention == "fused":
-        raise ModelError(f"attention='fused' cannot run on this model: {reason}. Use attention='eager' (or 'auto').")
-    return reason is None
+    return wants_fused(model, attention, eager_because=None if route == "auto" else f"route={route!r}")
 
 
 @contextmanager

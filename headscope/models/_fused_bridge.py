@@ -25,13 +25,14 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Protocol
 
+import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from headscope.errors import ModelError
+from headscope.errors import ConfigError, ModelError
 from headscope.models._fused import fused_unsupported
 
-__all__ = ["FUSED_EDIT", "LayerEdit", "fused_bridge", "unfired_hooks"]
+__all__ = ["FUSED_EDIT", "LayerEdit", "fused_bridge", "unfired_hooks", "wants_fused"]
 
 #: The name :func:`_fused_edit_attention` is registered under in ``AttentionInterface``.
 FUSED_EDIT = "headscope_fused_edit"
@@ -50,6 +51,31 @@ class LayerEdit(Protocol):
         scaling: float,
         out: Float[Tensor, "batch query head d_head"],
     ) -> Float[Tensor, "batch query head d_head"]: ...
+
+
+def wants_fused(model: Any, attention: str, *, eager_because: str | None = None) -> bool:
+    """Whether ``attention`` (``"auto"``, ``"fused"``, ``"eager"``) runs :func:`fused_bridge` on ``model``.
+
+    ``"auto"`` takes it wherever it can run; ``"fused"`` raises :class:`ModelError` saying why it
+    cannot. ``eager_because`` names a caller's option that only the eager route honours (e.g.
+    ``"route='z'"``); with it ``"auto"`` stays eager and ``"fused"`` raises :class:`ConfigError`.
+    """
+    if attention not in ("auto", "fused", "eager"):
+        raise ConfigError(f"attention must be 'fused', 'eager' or 'auto'; got {attention!r}")
+    if attention == "eager":
+        return False
+    if eager_because is not None:
+        if attention == "fused":
+            raise ConfigError(
+                f"{eager_because} needs the eager attention route; it cannot combine with attention='fused'"
+            )
+        return False
+    reason = fused_unsupported(model)
+    if reason is None and unfired_hooks(model):
+        reason = f"hooks are attached to {', '.join(unfired_hooks(model)[:3])}, which the fused route cannot fire"
+    if reason is not None and attention == "fused":
+        raise ModelError(f"attention='fused' cannot run on this model: {reason}. Use attention='eager' (or 'auto').")
+    return reason is None
 
 
 def _fired(attn: Any) -> set[int]:
@@ -118,6 +144,12 @@ def _fused_edit_attention(
     layer: _Layer | None = kwargs.pop(_KWARG, None)
     if layer is not None:
         query, key = layer.rotated(query, key)
+    n_query, n_key = query.shape[-2], key.shape[-2]
+    if attention_mask is None and 1 < n_query < n_key:
+        # A suffix resumed over cached keys (patching's key/value reuse) with no mask: sdpa's causal
+        # flag would align the queries with the first keys, so spell out the bottom-right causal mask.
+        rows = torch.arange(n_key - n_query, n_key, device=query.device)[:, None]
+        attention_mask = (torch.arange(n_key, device=query.device) <= rows)[None, None]
     out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
     if layer is not None and layer.edit is not None:
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
