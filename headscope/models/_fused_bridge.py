@@ -106,8 +106,20 @@ class _Layer:
 
     def __init__(self, attn: Any, edit: LayerEdit | None) -> None:
         self.attn, self.edit = attn, edit
+        fired = _fired(attn)
+        self.unfired = {
+            name: point
+            for name, point in attn.named_modules()
+            if hasattr(point, "fwd_hooks") and id(point) not in fired and point is not attn
+        }
 
     def __call__(self, *args: Any, **kwargs: Any) -> tuple[Tensor, None]:
+        hooked = [name for name, point in self.unfired.items() if _has_hooks(point)]
+        if hooked:  # attached inside the block: fused_bridge checked the ones attached before
+            raise ModelError(
+                f"hooks are attached to {', '.join(hooked)} of {self.attn.name}, which the fused attention route "
+                "cannot fire (it builds no [query, key] matrix); remove them or use attention='eager'"
+            )
         hidden = kwargs.pop("hidden_states") if "hidden_states" in kwargs else args[0]
         rest = args if "hidden_states" in kwargs or not args else args[1:]
         kwargs[_KWARG] = self
