@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -17,6 +18,7 @@ from headscope.ablation._spec import Knockout, Route
 from headscope.errors import ConfigError, HeadIndexError
 from headscope.heads import Head, random_heads
 from headscope.models import model_info
+from headscope.models._fused_bridge import fused_bridge
 from headscope.results import Saved
 from headscope.tasks import Sample
 
@@ -179,8 +181,9 @@ def knockout_curve(
     bar = tqdm(total=len(samples) * (1 + len(ks) * (1 + len(seeds))), desc="knockout curve", disable=not progress)
 
     def score(heads: Sequence[Head]) -> list[float]:
-        if not heads:
-            values = [float(score_fn(model, sample)) for sample in samples]
+        if not heads:  # the baseline runs on the knockouts' attention route, so untouched rows agree bit for bit
+            with fused_bridge(model) if attention == "fused" else nullcontext():
+                values = [float(score_fn(model, sample)) for sample in samples]
             bar.update(len(samples))
             return values
         spec = Knockout(
