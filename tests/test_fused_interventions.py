@@ -235,3 +235,36 @@ def test_an_eager_hook_route_cannot_combine_with_fused(bridge) -> None:
     with pytest.raises(ConfigError, match="attention must be 'fused', 'eager' or 'auto'; got 'flash'"):
         with knockout(bridge, HEADS, "uniform", attention="flash"):  # type: ignore[arg-type]
             pass
+
+
+# -- SmolLM2 --------------------------------------------------------------------------------------
+
+
+@pytest.mark.smollm2
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["uniform", "edge", "zero"])
+def test_smollm2_fused_knockout_logits_equal_the_eager_route(smollm2, mode: str) -> None:
+    """300 tokens, 20 heads over 10 layers, knocked out from row 250 on (edge blocks keys 100-139)."""
+    tokens = torch.randint(200, 40000, (1, 300), generator=torch.Generator().manual_seed(0))
+    heads = tuple((layer, head) for layer in range(0, 30, 3) for head in (0, 5))
+    spec = Knockout(
+        heads, mode, keys=tuple(range(100, 140)) if mode == "edge" else None, queries=tuple(range(250, 8192))
+    )  # type: ignore[arg-type]
+    fused = logits_under(smollm2, spec, "fused", tokens)[0, 250:]
+    eager = logits_under(smollm2, spec, "eager", tokens)[0, 250:]
+    torch.testing.assert_close(fused, eager, atol=1e-4, rtol=0)
+    with torch.no_grad():
+        assert (eager - smollm2(tokens)[0, 250:]).abs().max() > 1e-2
+
+
+@pytest.mark.smollm2
+@pytest.mark.slow
+def test_smollm2_fused_patching_equals_the_eager_route(smollm2) -> None:
+    clean = torch.randint(200, 40000, (1, 300), generator=torch.Generator().manual_seed(1))
+    corrupt = clean.clone()
+    corrupt[0, 100:110] = 17
+    heads = [(layer, head) for layer in range(10, 30, 4) for head in (1, 7)]
+    kw = dict(positions=list(range(290, 300)), source_tokens=clean)
+    fused = patch_heads(smollm2, smollm2, corrupt, heads, attention="fused", **kw)
+    eager = patch_heads(smollm2, smollm2, corrupt, heads, attention="eager", **kw)
+    torch.testing.assert_close(fused, eager, atol=1e-4, rtol=0)
