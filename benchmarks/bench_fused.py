@@ -132,11 +132,12 @@ def decode(hf: object, ids: torch.Tensor, steps: int, *, wu: bool) -> None:
     out = hf(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
     if wu:
         hf.set_attn_implementation("eager")
+    reads = []
     for _ in range(steps - 1):
         token = out.logits[:, -1].argmax(-1, keepdim=True)
         out = hf(token, past_key_values=cache, use_cache=True, output_attentions=wu)
         if wu:
-            [a[0, :, -1].argmax(-1) for a in out.attentions]  # Wu et al.: each head's top-1 key of the new row
+            reads.append(torch.stack([a[0, :, -1].argmax(-1) for a in out.attentions]))  # [layer, head] top-1 keys
 
 
 def main() -> None:
