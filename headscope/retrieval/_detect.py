@@ -123,9 +123,7 @@ def detect_retrieval_heads(
     tokenizer = tokenizer_of(model)
     success = success if success is not None else RougeRecall(0.5)
     generation = mode == "generation"
-    prepared = prepare(
-        samples, tokenizer, info, span=span, extra_tokens=max_new_tokens - 1 if generation else None
-    )
+    prepared = prepare(samples, tokenizer, info, span=span, extra_tokens=max_new_tokens - 1 if generation else None)
     settings: dict[str, Any] = {"span": span, "success": _describe(success)}
     route = choose_route(model, attention, info.n_layers)
     mass = score == "mass"
