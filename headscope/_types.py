@@ -30,7 +30,7 @@ import numpy as np
 from jaxtyping import Float
 from torch import Tensor
 
-__all__ = ["AXES", "Choice", "Grid"]
+__all__ = ["AXES", "Attention", "Choice", "Grid"]
 
 _CORE = "batch pos query key layer head d_head d_model vocab"
 _ADDED = "row answer sample kv_head"  # the four added on purpose (see above)
@@ -56,3 +56,8 @@ else:
             return "Choice"
 
     Choice = _Choice()
+
+#: The attention route of detection, knockout and patching: ``"fused"`` (sdpa; only the rows an
+#: analysis reads are recomputed), ``"eager"`` (TransformerLens's full patterns) or ``"auto"``
+#: (fused wherever it is exact on the model).
+Attention = Choice["auto", "fused", "eager"]

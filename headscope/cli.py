@@ -198,6 +198,7 @@ def _knockout(args: argparse.Namespace) -> int:
         span=args.span if args.mode == "edge" else None,
         seeds=args.seeds,
         positions=args.positions,
+        attention=args.attention,
     )
     out = _out(args)
     curve.save(out / "knockout.json")
@@ -396,6 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="answer",
         help="query rows knocked out: 'answer' = from the last prompt token on, the rows that produce the answer "
         "(Wu et al.; the prompt is read intact), 'all' = every position (default: %(default)s)",
+    )
+    p.add_argument(
+        "--attention",
+        choices=("auto", "fused", "eager"),
+        default="auto",
+        help="attention route: fused (sdpa, only the knocked-out rows rewritten), eager (TransformerLens hooks) "
+        "or auto (fused where available) (default: %(default)s)",
     )
 
     p = command("patch", _patch, "patch the heads two models share from a source model into a target model")

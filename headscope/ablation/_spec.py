@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from headscope._types import Choice
+from headscope._types import Attention, Choice
 from headscope.errors import ConfigError, HeadIndexError, ModelMismatchError, SpanError
 from headscope.heads import Heads, as_heads
 from headscope.results import Saved
@@ -119,7 +119,12 @@ class Knockout(Saved):
         return replace(self, keys=tuple(keys), span=None)
 
     def applied(
-        self, model: Any, *, sample: Sample | EncodedSample | None = None, route: Route = "auto"
+        self,
+        model: Any,
+        *,
+        sample: Sample | EncodedSample | None = None,
+        route: Route = "auto",
+        attention: Attention = "auto",
     ) -> AbstractContextManager[None]:
         """A ``with`` block during which every forward pass of ``model`` runs with this knockout.
 
@@ -127,11 +132,13 @@ class Knockout(Saved):
         model's tokenizer). ``route`` picks how edge and uniform knockouts are carried out:
         ``"scores"`` edits ``hook_attn_scores``; ``"z"`` rewrites ``hook_z`` from the head's value
         vectors (exact on models whose attention ignores score edits); ``"auto"`` uses ``"scores"``
-        where :func:`~headscope.model_info` says score edits are honoured.
+        where :func:`~headscope.model_info` says score edits are honoured. ``attention="fused"``
+        runs sdpa and rewrites only the knocked-out rows; ``"auto"`` (default) takes it wherever it
+        can run (see :mod:`headscope.ablation._apply`).
         """
         from headscope.ablation._apply import apply_knockout
 
-        return apply_knockout(model, self, sample=sample, route=route)
+        return apply_knockout(model, self, sample=sample, route=route, attention=attention)
 
 
 def _positions(values: Iterable[int], name: str) -> tuple[int, ...]:

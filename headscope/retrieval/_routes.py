@@ -22,7 +22,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from headscope._types import Choice
+from headscope._types import Attention
 from headscope.errors import ConfigError, ModelError
 from headscope.hooks import attached
 from headscope.models._fused import fused_unsupported, user_hooks
@@ -31,8 +31,6 @@ from headscope.retrieval._fused import FusedRoute
 from headscope.retrieval._top1 import RowReads, pattern_readers, take_reads
 
 __all__ = ["Attention", "EagerRoute", "choose_route"]
-
-Attention = Choice["fused", "eager", "auto"]
 
 
 class EagerRoute:
