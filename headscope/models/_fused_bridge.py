@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Float
@@ -39,6 +39,7 @@ FUSED_EDIT = "headscope_fused_edit"
 _KWARG = "headscope_layer"
 
 
+@runtime_checkable
 class LayerEdit(Protocol):
     """What one layer does to its fused attention output (``out`` is ``[batch, query, head, d_head]``)."""
 
