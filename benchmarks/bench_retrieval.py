@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
-import random
 import threading
 import time
 import warnings
@@ -41,39 +40,20 @@ import torch
 
 import headscope as hs
 from headscope.retrieval import RetrievalScores, detect_retrieval_heads, greedy_steps
-from headscope.tasks import Sample, Span
+from headscope.tasks import Sample
 
-SUBJECTS = ["The river", "An old farmer", "The small library", "A quiet village", "The mountain road", "A grey cat"]
-VERBS = ["looked calm", "was busy", "stayed open late", "needed repairs", "smelled of bread", "had a red door"]
-TIMES = ["in the morning.", "during the winter.", "after the storm.", "on most Sundays.", "every evening."]
-NEEDLES = [
-    ("The secret ingredient in grandma's soup is smoked paprika.", "What is the secret ingredient in grandma's soup?"),
-    ("The best thing to do in Lisbon is riding the yellow tram.", "What is the best thing to do in Lisbon?"),
-    ("The password for the blue locker is falcon seven.", "What is the password for the blue locker?"),
-    ("The red notebook is hidden under the piano.", "Where is the red notebook hidden?"),
-]
+#: Prompt tokens besides the haystack: the question, and the chat template around it.
+ROOM = 60
 
 
-def haystack_sample(tokenizer: Any, index: int, n_tokens: int) -> Sample:
-    """At most ``n_tokens`` prompt tokens: filler sentences, a needle sentence at a seeded depth, chat template."""
-    rng = random.Random(index)
-    pool = [f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(TIMES)}" for _ in range(n_tokens)]
-    needle, question = NEEDLES[index % len(NEEDLES)]
-    depth = rng.uniform(0.1, 0.9)
-    n_sentences = max(4, n_tokens // 9)
-    while True:
-        sentences = pool[:n_sentences]
-        cut = int(n_sentences * depth)
-        before = " ".join(sentences[:cut]) + " "
-        prompt = (
-            f"{before}{needle} {' '.join(sentences[cut:])}\n\nBased on the text above, answer. Question: {question}"
-        )
-        sample = Sample(prompt, needle, (Span("needle", len(before), len(before) + len(needle)),))
-        sample = sample.with_chat_template(tokenizer)
-        length = sample.encode(tokenizer).input_ids.numel()
-        if length <= n_tokens or n_sentences <= 4:
-            return sample
-        n_sentences = max(4, min(n_sentences - 1, int(n_sentences * n_tokens / length)))
+def needle_samples(tokenizer: Any, n: int, n_tokens: int, seed: int = 0) -> list[Sample]:
+    """``n`` samples of the library's needle builder, about ``n_tokens`` prompt tokens each, chat template applied.
+
+    Needles sit at depths spread from 10% to 90%; the gold answer is the whole needle sentence, as in Wu et al.
+    """
+    depths = [10 + 80 * i / max(1, n - 1) for i in range(n)]
+    grid = hs.needle_grid(tokenizer, [n_tokens - ROOM], depths, haystack="templated", answer="sentence", seed=seed)
+    return [s.with_chat_template(tokenizer) for s in grid]
 
 
 def trim() -> None:
@@ -202,7 +182,7 @@ def main() -> None:
     hf = AutoModelForCausalLM.from_pretrained(
         hs.models.smollm2_folder(), dtype=torch.float32, attn_implementation="eager"
     ).eval()
-    samples = [haystack_sample(tok, i, n_tokens) for i in range(n_samples)]
+    samples = needle_samples(tok, n_samples, n_tokens)
     lengths = [s.encode(tok).input_ids.numel() for s in samples]
     print(f"SmolLM2-135M-Instruct bridge, {n_samples} samples of {min(lengths)}-{max(lengths)} prompt tokens, "
           f"torch threads {torch.get_num_threads()}, best of {args.repeats}")  # fmt: skip
@@ -259,7 +239,7 @@ def main() -> None:
 
     # 4. the long point.
     if long_len:
-        long = haystack_sample(tok, 99, long_len - 40)
+        long = needle_samples(tok, 1, long_len - 40, seed=99)[0]
         enc = long.encode(tok)
         n = enc.input_ids.numel() + enc.answer_ids.numel() - 1
         t_lp, m_lp, _ = measure(lambda: plain_forwards(model, [long], tok))
@@ -278,7 +258,7 @@ def _n_generated(model: Any, sample: Sample, tok: Any, max_new_tokens: int) -> i
 
 
 def _fmt(scores: RetrievalScores, k: int = 10) -> str:
-    return " ".join(f"L{layer}H{head}:{score:.2f}" for (layer, head), score in scores.top(k))
+    return " ".join(f"{head}:{score:.2f}" for head, score in scores.top(k))
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def main() -> None:
     top = [head for head, score in scores.above(0.0)][:10]
     k = len(top)  # zero-score heads never fill the set: fewer than 10 heads may have a positive score
     print(f"detection: {scores.n_counted} of {len(DEPTHS) * args.detect_samples} samples counted; top {k}:")
-    print("  " + ", ".join(f"L{layer}H{head}={s:.2f}" for (layer, head), s in scores.top(k)))
+    print("  " + ", ".join(f"{head}={s:.2f}" for head, s in scores.top(k)))
     samples = grid(args.samples, 0)
     n_tokens = [len(s.encode(tok).input_ids) for s in samples]
     print(f"evaluation: {len(samples)} samples of {min(n_tokens)}-{max(n_tokens)} tokens, positions='answer'")

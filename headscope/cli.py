@@ -16,9 +16,9 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from headscope.errors import HeadscopeError
+from headscope.errors import ConfigError, HeadscopeError
 
 TASKS = ("needle", "mdqa", "multihop", "kv", "citation")
 KINDS = ("natural", "templated", "symbolic")
@@ -36,7 +36,10 @@ def _load_model(spec: str, kind: str, weights: str | None = None) -> Any:
     elif Path(spec).is_dir():
         model = load_folder(spec, kind=kind)
     else:
-        raise HeadscopeError(f"--model {spec!r} is neither a known model ({', '.join(known_models())}) nor a folder")
+        raise ConfigError(
+            f"--model {spec!r} is neither a known model ({', '.join(known_models())}) nor a folder; "
+            "give one of those names or the folder of a saved Hugging Face model"
+        )
     if weights:
         from headscope.training import load_weights
 
@@ -75,7 +78,8 @@ def _out(args: argparse.Namespace) -> Path:
     return out
 
 
-def _report(out: Path, title: str, sections: list[tuple[str, Any]]) -> None:
+def _report(out: Path, title: str, sections: Sequence[Any]) -> None:
+    """``report.html`` in ``out``: the sections as :func:`~headscope.viz.save_report` takes them."""
     from headscope.viz import save_report
 
     save_report(out / "report.html", title, sections)
@@ -173,7 +177,7 @@ def _knockout(args: argparse.Namespace) -> int:
     ranking = [head for head, _ in RetrievalScores.load(args.scores).above(0.0)]
     ks = [k for k in args.ks if k <= len(ranking)]
     if not ks:
-        raise HeadscopeError(
+        raise ConfigError(
             f"{args.scores} has {len(ranking)} heads with a positive score, fewer than every k in --ks {args.ks}; "
             "zero-score heads are never ranked: give smaller --ks or detect on more samples"
         )
@@ -194,6 +198,7 @@ def _knockout(args: argparse.Namespace) -> int:
         span=args.span if args.mode == "edge" else None,
         seeds=args.seeds,
         positions=args.positions,
+        attention=args.attention,
     )
     out = _out(args)
     curve.save(out / "knockout.json")
@@ -270,7 +275,8 @@ def _compare(args: argparse.Namespace) -> int:
         }
     )
     frame.to_csv(out / "comparison.csv", index=False)
-    figure = recall_scatter(frame["reference"], frame["candidate"], labels=list(frame["label"]), title="Head scores")
+    x, y = frame["reference"].to_numpy(), frame["candidate"].to_numpy()
+    figure = recall_scatter(x, y, labels=list(frame["label"]), title="Head scores")
     figure.update_layout(xaxis_title=args.reference, yaxis_title=args.candidate)
     _report(out, "Head-set comparison", [("Scores of every head", figure), ("Summary", pd.DataFrame([summary]))])
     for key in ("recall", "jaccard", "spearman", "top_k_overlap"):
@@ -339,10 +345,15 @@ def _add_task(parser: argparse.ArgumentParser, *, lengths: Sequence[int] = (500,
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr and exit code 2, like every other headscope error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="headscope", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = _Parser(prog="headscope", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kind", choices=("bridge", "hooked"), default="bridge", help="TransformerLens model kind")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -403,6 +414,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="answer",
         help="query rows knocked out: 'answer' = from the last prompt token on, the rows that produce the answer "
         "(Wu et al.; the prompt is read intact), 'all' = every position (default: %(default)s)",
+    )
+    p.add_argument(
+        "--attention",
+        choices=("auto", "fused", "eager"),
+        default="auto",
+        help="attention route: fused (sdpa, only the knocked-out rows rewritten), eager (TransformerLens hooks) "
+        "or auto (fused where available) (default: %(default)s)",
     )
 
     p = command("patch", _patch, "patch the heads two models share from a source model into a target model")

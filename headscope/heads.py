@@ -3,23 +3,25 @@
 A head is a ``(layer, head)`` pair. Every function that takes heads accepts the same forms,
 read by :func:`as_heads`: :class:`Head` values, plain pairs of ints (tuples, lists, NumPy
 arrays, tensors), labels such as ``"L3H7"`` or Wu et al.'s ``"3-7"``, and a :class:`HeadSet`.
+Signatures name these forms :data:`HeadLike` (one head) and :data:`Heads` (a collection).
 """
 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+from torch import Tensor
 
 from headscope.errors import HeadIndexError, ModelMismatchError
 
 if TYPE_CHECKING:
     from headscope.models import ModelInfo
 
-__all__ = ["Head", "HeadSet", "as_head", "as_heads", "parse_head", "random_heads"]
+__all__ = ["Head", "HeadLike", "HeadSet", "Heads", "as_head", "as_heads", "parse_head", "random_heads"]
 
 
 class Head(NamedTuple):
@@ -45,6 +47,12 @@ class Head(NamedTuple):
     def parse(cls, text: str) -> Head:
         """``"L3H7"`` or ``"3-7"`` to ``Head(3, 7)``; see :func:`parse_head`."""
         return parse_head(text)
+
+
+#: One head in any form :func:`as_head` reads: a :class:`Head`, a label, or a pair of integers.
+HeadLike = Head | str | Sequence[numbers.Real] | np.ndarray | Tensor
+#: Heads in any form :func:`as_heads` reads: a collection of :data:`HeadLike` items, or a :class:`HeadSet`.
+Heads = Iterable[HeadLike]
 
 
 def parse_head(label: str) -> Head:
@@ -88,7 +96,7 @@ def as_head(head: Any) -> Head:
     return _checked(int(layer), int(index), head)
 
 
-def as_heads(heads: Iterable[Any]) -> list[Head]:
+def as_heads(heads: Heads) -> list[Head]:
     """:func:`as_head` of each item, in order (duplicates kept); a :class:`HeadSet` gives its sorted heads.
 
     >>> as_heads(["L0H1", (2, 3), Head(1, 0)])
@@ -120,7 +128,8 @@ class HeadSet:
     Build it with :meth:`of` (heads in any accepted form, plus the model's
     :class:`~headscope.models.ModelInfo`); every function that takes heads accepts it.
     ``shape`` is the ``(n_layers, n_heads)`` it was checked against, or ``None`` for a set built
-    without a model (``HeadSet(heads)``, checked only for well-formed heads).
+    without a model (``HeadSet(heads)``, checked only for well-formed heads). Either way
+    ``heads`` holds them as a sorted tuple of distinct :class:`Head` values.
 
     >>> from headscope import load_model, model_info
     >>> info = model_info(load_model("tiny-llama"))
@@ -133,7 +142,7 @@ class HeadSet:
     True
     """
 
-    heads: tuple[Head, ...] = ()
+    heads: Heads = ()
     shape: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
@@ -151,12 +160,12 @@ class HeadSet:
         object.__setattr__(self, "shape", (int(n_layers), int(n_heads)))
 
     @classmethod
-    def of(cls, heads: Iterable[Any], info: ModelInfo) -> HeadSet:
+    def of(cls, heads: Heads, info: ModelInfo) -> HeadSet:
         """The heads (any accepted form), deduplicated, sorted and checked against ``info``'s model."""
         return cls(tuple(as_heads(heads)), info.shape)
 
     @classmethod
-    def random_like(cls, info: ModelInfo, k: int, *, seed: int = 0, exclude: Iterable[Any] = ()) -> HeadSet:
+    def random_like(cls, info: ModelInfo, k: int, *, seed: int = 0, exclude: Heads = ()) -> HeadSet:
         """``k`` distinct heads drawn uniformly outside ``exclude``: the random baseline (see :func:`random_heads`)."""
         return cls(tuple(random_heads(info, k, exclude=exclude, seed=seed)), info.shape)
 
@@ -177,25 +186,25 @@ class HeadSet:
         except HeadIndexError:
             return False
 
-    def __and__(self, other: Iterable[Any]) -> HeadSet:
+    def __and__(self, other: Heads) -> HeadSet:
         that = self._other(other)
         return HeadSet(tuple(h for h in self.heads if h in that.heads), self.shape or that.shape)
 
-    def __or__(self, other: Iterable[Any]) -> HeadSet:
+    def __or__(self, other: Heads) -> HeadSet:
         that = self._other(other)
         return HeadSet(self.heads + that.heads, self.shape or that.shape)
 
-    def isdisjoint(self, other: Iterable[Any]) -> bool:
+    def isdisjoint(self, other: Heads) -> bool:
         """True when no head is in both."""
         return not (self & other)
 
-    def recall(self, other: Iterable[Any]) -> float:
+    def recall(self, other: Heads) -> float:
         """``|self ∩ other| / |self|``: the share of these (reference) heads that ``other`` recovers."""
         if not self.heads:
             raise HeadIndexError("recall needs a non-empty reference set (it divides by its size); got no heads")
         return len(self & other) / len(self)
 
-    def jaccard(self, other: Iterable[Any]) -> float:
+    def jaccard(self, other: Heads) -> float:
         """``|self ∩ other| / |self ∪ other|``, the symmetric overlap."""
         union = self | other
         if not union:
@@ -205,7 +214,7 @@ class HeadSet:
     def __repr__(self) -> str:
         return f"HeadSet([{', '.join(self.labels)}], shape={self.shape})"
 
-    def _other(self, other: Iterable[Any]) -> HeadSet:
+    def _other(self, other: Heads) -> HeadSet:
         """``other`` as a head set checked against this set's model (sets of two models cannot mix)."""
         if isinstance(other, HeadSet) and None not in (self.shape, other.shape) and other.shape != self.shape:
             raise ModelMismatchError(
@@ -216,7 +225,7 @@ class HeadSet:
         return HeadSet(tuple(as_heads(other)), shape)
 
 
-def random_heads(info: ModelInfo, k: int, *, exclude: Iterable[Any] = (), seed: int = 0) -> list[Head]:
+def random_heads(info: ModelInfo, k: int, *, exclude: Heads = (), seed: int = 0) -> list[Head]:
     """``k`` distinct heads drawn uniformly from those not in ``exclude``, sorted.
 
     The random-head baseline of knockout and patching experiments (Wu et al. draw outside the

@@ -20,7 +20,6 @@ from typing import Any
 from torch import Tensor
 
 from headscope.errors import ModelError
-from headscope.models._kv import bridge_cache_names
 
 HookFn = Callable[[Tensor, Any], "Tensor | None"]
 
@@ -70,6 +69,8 @@ def attached(
     >>> seen
     [torch.Size([1, 4, 3, 3])]
     """
+    from headscope.models._kv import bridge_cache_names  # here: headscope.models imports this module
+
     points = _hook_points(model, [n for n, _ in (*fwd_hooks, *bwd_hooks)])
     added: list[tuple[Any, list[Any], Any]] = []
     try:

@@ -232,3 +232,26 @@ def test_each_subcommand_rejects_a_bad_value_in_one_line_with_exit_code_2(comman
     lines = [line for line in err.splitlines() if line.startswith("headscope: error: ")]
     assert len(lines) == 1 and lines[0] == err.splitlines()[-1] and words in lines[0], err
     assert "Traceback" not in err
+
+
+_REQUIRED = {
+    "knockout": ["--scores", "s.json"],
+    "patch": ["--source", "a", "--target", "b", "--source-scores", "a.json", "--target-scores", "b.json"],
+    "compare": ["a.json", "b.json"],
+}
+
+
+@pytest.mark.parametrize("command", ["main", "detect", "knockout", "patch", "compare"])
+@pytest.mark.parametrize(
+    "bad", [["--no-such-option"], ["--out"], ["--top-k", "many"]], ids=["unknown", "no-value", "type"]
+)
+def test_each_subcommand_rejects_a_bad_option_in_one_line_with_exit_code_2(command, bad, capsys):
+    """argparse's own errors (unknown option, missing value, wrong type) are one line too, not usage + error."""
+    if bad[0] == "--top-k" and command not in ("patch", "compare"):
+        bad = ["--max-new-tokens", "many"] if command in ("main", "detect") else ["--ks", "many"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, *_REQUIRED.get(command, []), *bad])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("headscope") and ": error: " in err, err
+    assert err.rstrip().endswith("--help") and "usage:" not in err

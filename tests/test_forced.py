@@ -17,7 +17,7 @@ from headscope.training import answer_loss
 
 
 def _enc(prompt: list[int], answer: list[int]) -> EncodedSample:
-    return EncodedSample(torch.tensor(prompt), torch.tensor(answer), {}, {})
+    return EncodedSample(torch.tensor(prompt, dtype=torch.long), torch.tensor(answer, dtype=torch.long), {}, {})
 
 
 def test_forced_batch_right_pads_and_points_each_answer_token_at_its_row():

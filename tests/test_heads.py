@@ -78,6 +78,7 @@ def test_every_head_form_gives_the_same_result_everywhere(tmp_path):
         plain, plain_corrupt = model(tokens), model(corrupt)
     acts = record_heads(model, clean)
     source = hs.load_folder(tiny_folder("llama", seed=1))
+    sample = hs.needle_grid(model.tokenizer, [60], [50], needle="symbolic", haystack="symbolic")[0]
 
     def outcome(form):
         with torch.no_grad(), hs.knockout(model, form, mode="zero"):
@@ -85,16 +86,19 @@ def test_every_head_form_gives_the_same_result_everywhere(tmp_path):
         with torch.no_grad(), patched(model, acts, form):
             patched_logits = model(corrupt)
         cmp = compare_patching(model, source, [tokens], form, LogitDiff(5, 6), n_random=1, progress=False)
-        return knocked, patched_logits, cmp.values, cmp.sets["shared"]
+        rows = hs.record_attention(model, sample, form, window=4)
+        by_head = {str(head): rows.pattern[i] for i, head in enumerate(rows.heads)}
+        return knocked, patched_logits, cmp.values, cmp.sets["shared"], by_head
 
     want = outcome(forms["tuples"])
     # not vacuous: knocking out and patching the two heads change the logits
     assert not torch.allclose(want[0], plain) and not torch.allclose(want[1], plain_corrupt)
-    assert want[3] == [(0, 2), (1, 0)]
+    assert want[3] == [(0, 2), (1, 0)] and sorted(want[4]) == ["L0H2", "L1H0"]
     for name, form in forms.items():
         got = outcome(form)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), name
         assert got[2] == want[2] and got[3] == want[3], name
+        assert got[4].keys() == want[4].keys() and all(torch.equal(got[4][k], want[4][k]) for k in want[4]), name
         assert recall(form, ["L1H0", (1, 3)]) == 0.5 and jaccard(form, [Head(0, 2)]) == 0.5, name
         assert recall([(1, 0)], form) == 1.0, name
         assert HeadSet.of(form, info) == forms["head set"], name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import replace
 
@@ -10,8 +11,10 @@ import torch
 
 import headscope as hs
 from headscope.ablation import Knockout, head_means, knockout, mean_knockout
+from headscope.ablation._apply import uses_fused
 from headscope.errors import HeadIndexError, ModelError, ModelMismatchError, SpanError
 from headscope.hooks import attn_hook, capture
+from headscope.models._fused_bridge import fused_bridge
 from headscope.tasks import Sample, Span
 
 TOKENS = torch.tensor([[0, 17, 301, 52, 9, 640, 33, 88, 5, 412]])
@@ -108,18 +111,27 @@ def test_uniform_knockout_averages_value_vectors_over_the_causal_prefix(tiny_lla
         torch.testing.assert_close(acts[layer, "z"][0, :, head], prefix_means, atol=1e-5, rtol=1e-5)
 
 
-def test_grouped_query_heads_are_knocked_out_one_at_a_time(tiny_llama):
+def plain_route(model, attention: str):
+    """The route a knockout with ``attention`` takes, nothing knocked out: untouched rows equal it bit for bit."""
+    return fused_bridge(model) if uses_fused(model, attention) else contextlib.nullcontext()
+
+
+@pytest.mark.parametrize("attention", ["eager", "auto"])
+def test_grouped_query_heads_are_knocked_out_one_at_a_time(tiny_llama, attention):
     assert hs.model_info(tiny_llama).kv_group == 2  # heads 0 and 1 share key/value head 0
-    _, plain = attn_acts(tiny_llama, [0])
-    with knockout(tiny_llama, [(0, 0)], "edge", keys=[1, 2]):
+    with plain_route(tiny_llama, attention):
+        _, plain = attn_acts(tiny_llama, [0])
+    with knockout(tiny_llama, [(0, 0)], "edge", keys=[1, 2], attention=attention):
         _, knocked = attn_acts(tiny_llama, [0])
     assert torch.equal(knocked[0, "z"][0, :, 1:], plain[0, "z"][0, :, 1:])
     assert (knocked[0, "z"][0, 3:, 0] - plain[0, "z"][0, 3:, 0]).abs().max() > 1e-4
 
 
-def test_zero_knockout_zeroes_the_head_output_at_chosen_queries_only(tiny_llama):
-    _, plain = attn_acts(tiny_llama, [0])
-    with knockout(tiny_llama, [(0, 3)], "zero", queries=[4, 5]):
+@pytest.mark.parametrize("attention", ["eager", "auto"])
+def test_zero_knockout_zeroes_the_head_output_at_chosen_queries_only(tiny_llama, attention):
+    with plain_route(tiny_llama, attention):
+        _, plain = attn_acts(tiny_llama, [0])
+    with knockout(tiny_llama, [(0, 3)], "zero", queries=[4, 5], attention=attention):
         _, acts = attn_acts(tiny_llama, [0])
     z, ref = acts[0, "z"][0], plain[0, "z"][0]
     assert torch.equal(z[4:6, 3], torch.zeros_like(z[4:6, 3]))
@@ -264,9 +276,7 @@ def test_z_route_refuses_a_kv_cache_and_works_without(tiny_neo):
 
 def test_knockout_spec_prints_compares_and_round_trips(tmp_path, tiny_llama):
     spec = Knockout([(1, 2), "L0H3"], "edge", keys=[7, 5, 6], queries=range(8, 10))
-    assert repr(spec) == (
-        "Knockout(heads=((0, 3), (1, 2)), mode='edge', keys=(5, 6, 7), span=None, queries=(8, 9))"
-    )
+    assert repr(spec) == ("Knockout(heads=((0, 3), (1, 2)), mode='edge', keys=(5, 6, 7), span=None, queries=(8, 9))")
     assert spec == Knockout([(0, 3), (1, 2)], "edge", keys=(5, 6, 7), queries=(8, 9))
     assert spec != replace(spec, mode="uniform", keys=None)
     spec.save(tmp_path / "k.json")

@@ -7,6 +7,7 @@ on the ``z`` route must also see the model's own mask: padding and GPT-Neo's loc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -16,9 +17,11 @@ import torch
 
 import headscope as hs
 from headscope.ablation import Knockout, knockout, mean_knockout
+from headscope.ablation._apply import uses_fused
 from headscope.errors import ModelError
 from headscope.hooks import attn_hook, capture
 from headscope.models import load_folder, tiny_folder
+from headscope.models._fused_bridge import fused_bridge
 from headscope.retrieval import Decoder
 
 PROMPT = [0, 17, 301, 52, 9, 640, 33]
@@ -31,10 +34,12 @@ def _spec(model, mode: str) -> Knockout:
     return Knockout(HEADS, mode, keys=[1, 2, 3] if mode == "edge" else None)  # type: ignore[arg-type]
 
 
-def _cached_logits(model, spec: Knockout, route: str, n_steps: int) -> tuple[list[int], torch.Tensor]:
+def _cached_logits(
+    model, spec: Knockout, route: str, n_steps: int, attention: str = "auto"
+) -> tuple[list[int], torch.Tensor]:
     """Greedy decoding with a KV cache under ``spec``: the generated tokens and the logits of every step."""
     step, rows = Decoder(model), []
-    with torch.no_grad(), spec.applied(model, route=route):  # type: ignore[arg-type]
+    with torch.no_grad(), spec.applied(model, route=route, attention=attention):  # type: ignore[arg-type]
         logits = step(torch.tensor([PROMPT]))
         rows.append(logits[0, -1])
         tokens = []
@@ -135,15 +140,17 @@ def test_gpt_neo_cached_decoding_under_a_knockout_equals_full_forwards_or_raises
     torch.testing.assert_close(cached, full, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("attention", ["eager", "auto"])
 @pytest.mark.parametrize("mode", ["edge", "uniform", "zero", "mean"])
-def test_answer_row_knockout_under_a_cache_equals_full_forwards(tiny_llama, mode):
+def test_answer_row_knockout_under_a_cache_equals_full_forwards(tiny_llama, mode, attention):
     """positions='answer' in generation: the last prompt row and every generated row, with the prompt read intact."""
     spec = dataclasses.replace(_spec(tiny_llama, mode), queries=tuple(range(len(PROMPT) - 1, 2048)))
-    tokens, cached = _cached_logits(tiny_llama, spec, "auto", 4)
+    tokens, cached = _cached_logits(tiny_llama, spec, "auto", 4, attention)
     with torch.no_grad():
-        with spec.applied(tiny_llama):
+        with spec.applied(tiny_llama, attention=attention):
             full = tiny_llama(torch.tensor([PROMPT + tokens]))
-        plain = tiny_llama(torch.tensor([PROMPT + tokens]))
+        with fused_bridge(tiny_llama) if uses_fused(tiny_llama, attention) else contextlib.nullcontext():
+            plain = tiny_llama(torch.tensor([PROMPT + tokens]))
     torch.testing.assert_close(cached, full[0, len(PROMPT) - 1 :], atol=1e-4, rtol=1e-4)
     assert torch.equal(full[0, : len(PROMPT) - 1], plain[0, : len(PROMPT) - 1])
     assert (full[0, len(PROMPT) - 1 :] - plain[0, len(PROMPT) - 1 :]).abs().max() > 1e-3

@@ -12,6 +12,7 @@ import headscope as hs
 from headscope.ablation import KnockoutCurve, knockout, knockout_curve
 from headscope.errors import HeadIndexError
 from headscope.heads import random_heads
+from headscope.models._fused_bridge import fused_bridge
 from headscope.tasks import Sample, Span
 from headscope.viz import knockout_curve_figure
 
@@ -62,7 +63,10 @@ def test_curve_points_equal_knockouts_run_by_hand(model, samples, curve):
                 values.append(answer_logprob(model, sample))
         return float(np.mean(values))
 
-    assert curve.baseline == pytest.approx(float(np.mean([answer_logprob(model, s) for s in samples])), abs=1e-9)
+    assert curve.attention == "fused"  # a tiny Llama bridge under attention="auto"; the baseline runs there too
+    with fused_bridge(model):
+        baseline = float(np.mean([answer_logprob(model, s) for s in samples]))
+    assert curve.baseline == pytest.approx(baseline, abs=1e-9)
     assert curve.top == pytest.approx((mean_score(RANKING[:1]), mean_score(RANKING[:2])), abs=1e-9)
     info = hs.model_info(model)
     assert curve.random_sets[1][1] == tuple(random_heads(info, 2, exclude=RANKING[:2], seed=1))

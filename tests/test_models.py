@@ -187,3 +187,27 @@ def test_smollm2_finds_a_needle_in_a_haystack(smollm2):
     assert len(chat.encode(smollm2.tokenizer).input_ids) > 400
     # headscope's own KV-cached decoding (TransformerLens's bridge.generate ignores the cache under transformers 5.24)
     assert "4821" in hs.generate_answer(smollm2, chat, max_new_tokens=14)
+
+
+def test_tiny_folder_draws_weights_from_its_own_generator_and_leaves_the_global_rng_alone(monkeypatch, tmp_path):
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("HEADSCOPE_CACHE", str(tmp_path))  # build afresh, not from the cache
+    state = torch.random.get_rng_state()
+    a, b, c = (tiny_folder("llama", n_layers=1, seed=s) for s in (5, 5, 6))
+    assert torch.equal(torch.random.get_rng_state(), state)
+    wa, wb, wc = (load_file(folder / "model.safetensors") for folder in (a, b, c))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not torch.equal(wa["model.layers.0.self_attn.q_proj.weight"], wc["model.layers.0.self_attn.q_proj.weight"])
+
+
+def test_load_model_names_the_model_beside_it_not_in_its_config():
+    from headscope.models import name_model
+
+    model = hs.load_model("tiny-llama")
+    assert hs.model_info(model).name == "tiny-llama" and model.cfg.model_name != "tiny-llama"
+    other = load_folder(tiny_folder("llama"))
+    before = other.cfg.model_name
+    assert hs.model_info(other).name == before
+    assert name_model(other, "mine") is other and hs.model_info(other).name == "mine"  # a cached info follows
+    assert other.cfg.model_name == before

@@ -98,18 +98,26 @@ def test_variant_samples_have_exact_length_and_disjoint_splits():
         assert (s.meta["needle_kind"], s.meta["haystack_kind"]) == ("symbolic", "diverse")
 
 
-def test_answer_correct_agrees_with_a_greedy_decoding_loop(base):
-    tok = tokenizer_of(base)
-    prompt = "The magic number is 4712. The magic number is"
+def _greedy(model, tok, prompt: str, n: int) -> list[int]:
     ids = torch.tensor([tok.bos_token_id, *tok(prompt, add_special_tokens=False)["input_ids"]])
     new = []
     with torch.no_grad():
-        for _ in range(3):
-            nxt = int(base(ids[None])[0, -1].argmax())
+        for _ in range(n):
+            nxt = int(model(ids[None])[0, -1].argmax())
             new.append(nxt)
             ids = torch.cat([ids, torch.tensor([nxt])])
+    return new
+
+
+def test_answer_correct_agrees_with_a_greedy_decoding_loop(base):
+    tok = tokenizer_of(base)
+    # a prompt whose greedy first token is text that encodes back to that token (a random-weight
+    # model may well predict a lone byte of a multi-byte character first)
+    prompts = ["The magic number is 4712. The magic number is", "The magic number is 4712. The magic number"]
+    prompts += ["The magic number is 4712. The", "The river ran slowly. The river", "A quiet village had a red"]
+    roundtrip = lambda t: tok(tok.decode([t]), add_special_tokens=False)["input_ids"] == [t]  # noqa: E731
+    prompt, new = next((p, new) for p in prompts if roundtrip((new := _greedy(base, tok, p, 3))[0]))
     first = tok.decode(new[:1])
-    assert tok(first, add_special_tokens=False)["input_ids"] == new[:1]
     assert answer_correct(base, Sample(prompt, first)) == 1.0
     other = tok.decode([(new[0] + 1) % len(tok)])
     assert answer_correct(base, Sample(prompt, other)) == 0.0

@@ -87,6 +87,9 @@ def _compare(ns: dict) -> None:
     print(f"\nREADME fine-tuned copy: top-10 recall {recall:.2f}")
     assert recall >= 0.5, "three steps of fine-tuning keep most of the top retrieval heads"
     assert hs.rank_correlation(ns["scores"].scores, ns["tuned_scores"].scores, top_k=20).spearman > 0.5
+    shared = ns["shared"]
+    assert list(shared) == sorted(set(ns["heads"]) & set(ns["tuned_heads"])) and shared.shape == (30, 9)
+    assert shared.labels == tuple(f"L{a}H{b}" for a, b in shared)
 
 
 def _models(ns: dict) -> None:

@@ -10,6 +10,7 @@ import torch
 import headscope as hs
 from headscope.ablation import Knockout, KnockoutCurve
 from headscope.compare import Correlation, RankAgreement
+from headscope.heads import Head
 from headscope.patching import PatchingComparison, PatchingResult
 from headscope.pipeline._result import VariantResult
 from headscope.retrieval import AttentionRows, RetrievalScores
@@ -22,7 +23,9 @@ def _examples() -> list:
         hs.correlate([0.1, 0.4, 0.5, 0.9], [1.0, 2.0, 2.5, 3.0], labels=["a", "b", "c", "d"], n_boot=50),
         hs.rank_correlation(grid, grid.flip(0), top_k=2),
         PatchingResult(torch.randn(2, 3, dtype=torch.float64), metric="logit_diff", baseline=0.5, settings={"k": [1]}),
-        PatchingComparison("logprob", {"target": 0.1, "source": 0.9, "shared": 0.5}, {"shared": [(1, 2), (0, 0)]}),
+        PatchingComparison(
+            "logprob", {"target": 0.1, "source": 0.9, "shared": 0.5}, {"shared": [Head(1, 2), Head(0, 0)]}
+        ),
         FinetuneResult((2.0, 1.5), (1e-3, 1e-3), ({"step": 0, "acc": 0.2},), ("blocks.0.attn.W_Q",)),
         Knockout([(1, 2), (0, 3)], "mean", queries=(4, 5), means=[[0.1, 1 / 3], [2.0, -0.5]]),
         Knockout([(0, 1)], "edge", span="needle"),
@@ -32,8 +35,8 @@ def _examples() -> list:
             random=((0.9, 0.8), (1.0, 0.7)),
             baseline=1.0,
             seeds=(0, 1),
-            ranking=((1, 0), (0, 2)),
-            random_sets=((((0, 0),), ((1, 1), (0, 1))), (((1, 2),), ((0, 0), (1, 3)))),
+            ranking=(Head(1, 0), Head(0, 2)),
+            random_sets=(((Head(0, 0),), (Head(1, 1), Head(0, 1))), ((Head(1, 2),), (Head(0, 0), Head(1, 3)))),
             exclude_top=2,
             mode="uniform",
             n_samples=3,
@@ -48,7 +51,7 @@ def _examples() -> list:
             torch.tensor([[[1.0, 0.0], [0.25, 0.75]]]),
             (0, 7),
             ("<s>", " é"),
-            ((1, 0),),
+            (Head(1, 0),),
             (7,),
             torch.tensor([[3]]),
             torch.tensor([[0.6]]),
@@ -57,7 +60,7 @@ def _examples() -> list:
             9,
             meta={"depth": 0.5},
         ),
-        VariantResult("real", "real", "real", 0.5, -1.25, ((0, 1), (1, 2)), None, 1.0),
+        VariantResult("real", "real", "real", 0.5, -1.25, (Head(0, 1), Head(1, 2)), None, 1.0),
     ]
 
 

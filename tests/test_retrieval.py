@@ -247,7 +247,7 @@ def test_attention_is_read_on_a_bridge_that_computes_attention_inside_hugging_fa
     from transformers import AutoModelForCausalLM
 
     from headscope.models import tiny_folder
-    from headscope.retrieval._top1 import Top1Recorder
+    from headscope.retrieval._top1 import pattern_readers, take_reads
 
     hf = AutoModelForCausalLM.from_pretrained(tiny_folder("gpt-neo"), attn_implementation="eager").eval()
     with torch.no_grad():  # sharper attention than the random init, so argmaxes are far from ties
@@ -258,11 +258,10 @@ def test_attention_is_read_on_a_bridge_that_computes_attention_inside_hugging_fa
     model = hs.load_folder(tmp_path)
     assert not hs.model_info(model).pattern_edits
     tokens = torch.tensor([[0, *range(40, 100, 3)]])
-    recorder = Top1Recorder(2)
-    recorder.rows = torch.arange(tokens.shape[1])[None]
-    with torch.no_grad(), hs.attached(model, recorder.hooks()):
+    hooks, store = pattern_readers(2, torch.arange(tokens.shape[1])[None], None)
+    with torch.no_grad(), hs.attached(model, hooks):
         model(tokens)
-        ours = recorder.take().top1[:, 0]  # [layer, head, row]
+        ours = take_reads(store, "hook_pattern did not fire").top1[:, 0]  # [layer, head, row]
         reference = torch.stack([a[0].argmax(-1) for a in hf(tokens, output_attentions=True).attentions])
     assert torch.equal(ours, reference)
     assert no_hooks(model)

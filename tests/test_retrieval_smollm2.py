@@ -2,41 +2,20 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
-from headscope.retrieval import detect_retrieval_heads
-from headscope.tasks import Sample, Span
+from headscope.retrieval import RougeRecall, detect_retrieval_heads
+from headscope.tasks import Sample, needle_grid
 
 pytestmark = pytest.mark.smollm2
-
-SUBJECTS = ["The river", "An old farmer", "The small library", "A quiet village", "The mountain road", "A grey cat"]
-VERBS = ["looked calm", "was busy", "stayed open late", "needed repairs", "smelled of bread", "had a red door"]
-TIMES = ["in the morning.", "during the winter.", "after the storm.", "on most Sundays.", "every evening."]
-NEEDLES = [
-    ("The secret ingredient in grandma's soup is smoked paprika.", "What is the secret ingredient in grandma's soup?"),
-    ("The best thing to do in Lisbon is riding the yellow tram.", "What is the best thing to do in Lisbon?"),
-    ("The password for the blue locker is falcon seven.", "What is the password for the blue locker?"),
-]
-
-
-def haystack_sample(tokenizer, index: int, depth: float, n_sentences: int = 22) -> Sample:
-    """Filler sentences with a needle sentence at ``depth``; the gold answer is the needle sentence."""
-    rng = random.Random(index)
-    sentences = [f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(TIMES)}" for _ in range(n_sentences)]
-    needle, question = NEEDLES[index % len(NEEDLES)]
-    cut = int(n_sentences * depth)
-    before = " ".join(sentences[:cut]) + " "
-    prompt = f"{before}{needle} {' '.join(sentences[cut:])}\n\nBased on the text above, answer. Question: {question}"
-    sample = Sample(prompt, needle, (Span("needle", len(before), len(before) + len(needle)),))
-    return sample.with_chat_template(tokenizer)
 
 
 @pytest.fixture(scope="module")
 def samples(smollm2_tokenizer) -> list[Sample]:
-    return [haystack_sample(smollm2_tokenizer, i, d) for i, d in enumerate([0.2, 0.5, 0.8])]
+    """Three needle samples (the library's builder) at depths 20/50/80%; the gold answer is the needle sentence."""
+    grid = needle_grid(smollm2_tokenizer, [260], [20, 50, 80], haystack="templated", answer="sentence", seed=3)
+    return [s.with_chat_template(smollm2_tokenizer) for s in grid]
 
 
 def always(sample: Sample, output: str) -> bool:
@@ -103,6 +82,8 @@ def test_generation_hits_equal_wu_style_hf_decoding(smollm2, smollm2_hf, smollm2
     sample = samples[0]
     expected, produced = reference_generation(smollm2_hf, sample, smollm2_tokenizer, max_new_tokens=24)
     scores = detect_retrieval_heads(smollm2, [sample], mode="generation", max_new_tokens=24, progress=False)
-    assert smollm2_tokenizer.decode(produced).startswith(sample.answer)  # the model answered by copying
+    answer = smollm2_tokenizer.decode(produced, skip_special_tokens=True)
+    assert RougeRecall()(sample, answer), answer  # the model answered with the needle sentence (Wu et al.'s rule)
+    assert expected.sum() > 0  # and some heads copied from the needle: the comparison below is not vacuous
     assert scores.n_counted == 1
     assert torch.equal(scores.per_sample[0], expected)

@@ -19,6 +19,7 @@ import torch
 import headscope as hs
 from headscope.ablation import KnockoutCurve
 from headscope.cli import main
+from headscope.heads import Head
 from headscope.models import tiny_tokenizer
 from headscope.retrieval import SuccessLog, detect_retrieval_heads, record_attention
 from headscope.tasks import needle_grid
@@ -173,7 +174,8 @@ def run():
     attention = record_attention(model, samples[1], [h for h, _ in scores.top(3)], window=4)
     knockout = KnockoutCurve(
         ks=(1, 2), top=(0.5, 0.25), random=((0.9, 0.8), (1.0, 0.7)), baseline=1.0, seeds=(0, 1),
-        ranking=((0, 0), (1, 1)), random_sets=((((0, 1),), ((0, 2), (1, 3))), (((1, 2),), ((0, 3), (1, 0)))),
+        ranking=(Head(0, 0), Head(1, 1)),
+        random_sets=(((Head(0, 1),), (Head(0, 2), Head(1, 3))), ((Head(1, 2),), (Head(0, 3), Head(1, 0)))),
         exclude_top=2, mode="uniform", n_samples=6, model="tiny-llama",
     )  # fmt: skip
     return dict(model=model, samples=samples, log=log, scores=scores, attention=attention, knockout=knockout)

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from headscope._types import Choice
+from headscope.ablation._apply import Attention, uses_fused
 from headscope.ablation._inputs import encoded
 from headscope.ablation._means import head_means
 from headscope.ablation._spec import Knockout, Route
 from headscope.errors import ConfigError, HeadIndexError
-from headscope.heads import Head, random_heads
+from headscope.heads import Head, Heads, random_heads
 from headscope.models import model_info
+from headscope.models._fused_bridge import fused_bridge
 from headscope.results import Saved
 from headscope.tasks import Sample
 
@@ -25,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["KnockoutCurve", "knockout_curve"]
 
 ScoreFn = Callable[[Any, Sample], float]
-Positions = Literal["answer", "all"]
+Positions = Choice["answer", "all"]
 POSITIONS: tuple[str, ...] = ("answer", "all")
 _FLAT = (
     "knockout_curve: the score is 0 on every sample with no head knocked out (k = 0), so knocking heads out "
@@ -58,6 +62,7 @@ class KnockoutCurve(Saved):
     n_samples: int
     model: str = ""
     positions: str = "all"  # curves saved before the choice existed knocked out every row
+    attention: str = "eager"  # the attention route the knockouts ran on; "eager" before the fused one existed
 
     def random_mean(self) -> np.ndarray:
         """Mean random-head score at each ``k``."""
@@ -99,7 +104,7 @@ class KnockoutCurve(Saved):
 def knockout_curve(
     model: Any,
     samples: Sequence[Sample],
-    ranking: Iterable[Head | str],
+    ranking: Heads,
     score_fn: ScoreFn,
     *,
     ks: Sequence[int],
@@ -108,6 +113,7 @@ def knockout_curve(
     seeds: Sequence[int] = (0, 1, 2),
     exclude_top: int | None = None,
     route: Route = "auto",
+    attention: Attention = "auto",
     positions: Positions = "answer",
     mean_exclude: Sequence[str] = (),
     progress: bool = True,
@@ -121,7 +127,9 @@ def knockout_curve(
     needs ``span`` (e.g. ``"needle"``), resolved per sample; ``mode="mean"`` takes its means
     from the samples themselves, over every position unless ``mean_exclude`` leaves some out
     (``("bos", "needle")``: the attention-sink position and the needle; see
-    :func:`~headscope.ablation.head_means`).
+    :func:`~headscope.ablation.head_means`). ``attention`` (``"auto"``, ``"fused"``, ``"eager"``)
+    and ``route`` pick how the knockouts run (:func:`~headscope.ablation.knockout`); the route is
+    settled once, before the first sample.
 
     ``positions`` picks the query rows the heads are knocked out at:
 
@@ -165,6 +173,7 @@ def knockout_curve(
         raise ConfigError(f"positions must be 'answer' or 'all'; got {positions!r}")
     if mode == "edge" and span is None:
         raise ConfigError("mode='edge' needs span= (e.g. 'needle'), the span each sample's queries cannot see")
+    attention = "fused" if uses_fused(model, attention, route) else "eager"
     exclude = max(ks) if exclude_top is None else int(exclude_top)
     random_sets = tuple(
         tuple(tuple(random_heads(info, k, exclude=ranking_[:exclude], seed=seed)) for k in ks) for seed in seeds
@@ -173,8 +182,9 @@ def knockout_curve(
     bar = tqdm(total=len(samples) * (1 + len(ks) * (1 + len(seeds))), desc="knockout curve", disable=not progress)
 
     def score(heads: Sequence[Head]) -> list[float]:
-        if not heads:
-            values = [float(score_fn(model, sample)) for sample in samples]
+        if not heads:  # the baseline runs on the knockouts' attention route, so untouched rows agree bit for bit
+            with fused_bridge(model) if attention == "fused" else nullcontext():
+                values = [float(score_fn(model, sample)) for sample in samples]
             bar.update(len(samples))
             return values
         spec = Knockout(
@@ -185,7 +195,7 @@ def knockout_curve(
         )
         values = []
         for sample in samples:
-            with _for_sample(spec, model, sample, positions).applied(model, route=route):
+            with _for_sample(spec, model, sample, positions).applied(model, route=route, attention=attention):
                 values.append(float(score_fn(model, sample)))
             bar.update()
         return values
@@ -210,6 +220,7 @@ def knockout_curve(
         n_samples=len(samples),
         model=info.name,
         positions=positions,
+        attention=attention,
     )
 
 

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from headscope.ablation._inputs import Input, as_tokens, encoded
 from headscope.ablation._spec import Knockout
 from headscope.errors import ConfigError, HeadIndexError, SpanError
-from headscope.heads import Head
+from headscope.heads import Heads
 from headscope.hooks import attn_hook, capture
 from headscope.models import model_info
 from headscope.tasks import EncodedSample, Sample
@@ -83,7 +83,7 @@ def _kept_positions(model: Any, item: Input, n_pos: int, exclude: tuple[str, ...
 
 def mean_knockout(
     model: Any,
-    heads: Iterable[Head | str],
+    heads: Heads,
     reference: Iterable[Input],
     *,
     queries: Iterable[int] | None = None,

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
 
+from headscope._types import Attention, Choice
 from headscope.errors import ConfigError, HeadIndexError, ModelMismatchError, SpanError
-from headscope.heads import Head, as_heads
+from headscope.heads import Heads, as_heads
 from headscope.results import Saved
 
 if TYPE_CHECKING:
     from headscope.models import ModelInfo
     from headscope.tasks import EncodedSample, Sample
 
-Mode = Literal["edge", "uniform", "zero", "mean"]
-Route = Literal["auto", "scores", "z"]
+Mode = Choice["edge", "uniform", "zero", "mean"]
+Route = Choice["auto", "scores", "z"]
 MODES: tuple[str, ...] = ("edge", "uniform", "zero", "mean")
 
 __all__ = ["MODES", "Knockout", "Mode", "Route"]
@@ -56,12 +58,12 @@ class Knockout(Saved):
     True
     """
 
-    heads: tuple[Head, ...]
+    heads: Heads
     mode: Mode = "uniform"
-    keys: tuple[int, ...] | None = None
+    keys: Iterable[int] | None = None
     span: str | None = None
-    queries: tuple[int, ...] | None = None
-    means: tuple[tuple[float, ...], ...] | None = field(default=None, repr=False)
+    queries: Iterable[int] | None = None
+    means: Sequence[Sequence[float]] | Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         heads = as_heads(self.heads)
@@ -117,7 +119,12 @@ class Knockout(Saved):
         return replace(self, keys=tuple(keys), span=None)
 
     def applied(
-        self, model: Any, *, sample: Sample | EncodedSample | None = None, route: Route = "auto"
+        self,
+        model: Any,
+        *,
+        sample: Sample | EncodedSample | None = None,
+        route: Route = "auto",
+        attention: Attention = "auto",
     ) -> AbstractContextManager[None]:
         """A ``with`` block during which every forward pass of ``model`` runs with this knockout.
 
@@ -125,11 +132,13 @@ class Knockout(Saved):
         model's tokenizer). ``route`` picks how edge and uniform knockouts are carried out:
         ``"scores"`` edits ``hook_attn_scores``; ``"z"`` rewrites ``hook_z`` from the head's value
         vectors (exact on models whose attention ignores score edits); ``"auto"`` uses ``"scores"``
-        where :func:`~headscope.model_info` says score edits are honoured.
+        where :func:`~headscope.model_info` says score edits are honoured. ``attention="fused"``
+        runs sdpa and rewrites only the knocked-out rows; ``"auto"`` (default) takes it wherever it
+        can run (see :mod:`headscope.ablation._apply`).
         """
         from headscope.ablation._apply import apply_knockout
 
-        return apply_knockout(model, self, sample=sample, route=route)
+        return apply_knockout(model, self, sample=sample, route=route, attention=attention)
 
 
 def _positions(values: Iterable[int], name: str) -> tuple[int, ...]:

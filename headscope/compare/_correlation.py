@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from headscope._types import Choice
 from headscope.errors import ConfigError
 from headscope.results import Saved
 
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Correlation", "correlate"]
 
-Method = Literal["spearman", "pearson"]
+Method = Choice["spearman", "pearson"]
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,8 @@ def _statistic(x: np.ndarray, y: np.ndarray, method: str) -> np.ndarray:
 
 
 def correlate(
-    x: Sequence[float] | Mapping[str, float],
-    y: Sequence[float] | Mapping[str, float],
+    x: Sequence[float] | np.ndarray | Mapping[str, float],
+    y: Sequence[float] | np.ndarray | Mapping[str, float],
     *,
     method: Method = "spearman",
     n_boot: int = 1000,

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import torch
-from jaxtyping import Float
 
+from headscope._types import Grid
 from headscope.errors import ConfigError, HeadIndexError
-from headscope.heads import Head, HeadSet, as_heads
+from headscope.heads import Head, Heads, HeadSet, as_heads
 
 __all__ = ["as_grid", "head_set", "jaccard", "recall"]
 
-Scores = Float[torch.Tensor, "layer head"] | Float[np.ndarray, "layer head"]
+Scores = Grid  # a [layer, head] score map; its shape is checked here
 
 
-def recall(reference: Iterable[Any], candidate: Iterable[Any]) -> float:
+def recall(reference: Heads, candidate: Heads) -> float:
     """``|reference ∩ candidate| / |reference|``: how many reference heads the candidate set recovers.
 
     Zhao et al. measure synthetic-data heads against the real-data model's heads this way.
@@ -30,7 +29,7 @@ def recall(reference: Iterable[Any], candidate: Iterable[Any]) -> float:
     return _set(reference).recall(candidate)
 
 
-def jaccard(a: Iterable[Any], b: Iterable[Any]) -> float:
+def jaccard(a: Heads, b: Heads) -> float:
     """``|a ∩ b| / |a ∪ b|``, symmetric overlap of two head sets (:meth:`~headscope.heads.HeadSet.jaccard`).
 
     >>> jaccard([(0, 1), (2, 3)], [(2, 3), (4, 5)])
@@ -39,7 +38,7 @@ def jaccard(a: Iterable[Any], b: Iterable[Any]) -> float:
     return _set(a).jaccard(b)
 
 
-def _set(heads: Iterable[Any]) -> HeadSet:
+def _set(heads: Heads) -> HeadSet:
     return heads if isinstance(heads, HeadSet) else HeadSet(tuple(as_heads(heads)))
 
 

@@ -10,6 +10,7 @@ from headscope.models._convert import load_folder as load_folder
 from headscope.models._info import Head as Head
 from headscope.models._info import ModelInfo as ModelInfo
 from headscope.models._info import model_info as model_info
+from headscope.models._info import name_model as name_model
 from headscope.models._info import to_tokens as to_tokens
 from headscope.models._info import tokenizer_of as tokenizer_of
 from headscope.models._kinds import Kind as Kind

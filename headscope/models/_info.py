@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 import weakref
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from headscope._types import Choice
 from headscope.errors import ContextLengthError, HeadIndexError, ModelError
-from headscope.heads import Head, as_heads
+from headscope.heads import Head, Heads, as_heads
 from headscope.hooks import attached, attn_hook
 from headscope.models._kinds import Kind, model_kind
 
+Positional = Choice["rotary", "standard", "other"]
+ProbedSite = Choice["pattern", "attn_scores"]
+
+# Both live beside the user's model, not on it, and go when the model goes.
 _INFOS: weakref.WeakKeyDictionary[Any, ModelInfo] = weakref.WeakKeyDictionary()
+_NAMES: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,7 @@ class ModelInfo:
     d_model: int
     n_ctx: int
     d_vocab: int
-    positional: Literal["rotary", "standard", "other"]
+    positional: Positional
     pattern_edits: bool
     score_edits: bool
 
@@ -58,7 +64,7 @@ class ModelInfo:
         """``["L0H0", "L0H1", ...]`` in layer-major order, as TransformerLens labels heads."""
         return [str(Head(layer, head)) for layer in range(self.n_layers) for head in range(self.n_heads)]
 
-    def check_heads(self, heads: Iterable[Any]) -> list[Head]:
+    def check_heads(self, heads: Heads) -> list[Head]:
         """Read heads in any accepted form (:func:`~headscope.heads.as_head`) and check them against the model.
 
         Reports every head outside the model at once.
@@ -80,6 +86,23 @@ class ModelInfo:
             )
 
 
+def name_model(model: Any, name: str) -> Any:
+    """Give ``model`` the name headscope's results record (``ModelInfo.name``); ``model`` is returned unchanged.
+
+    :func:`~headscope.load_model` names its models this way. The name is kept beside the model,
+    not written into ``model.cfg``; a model never named is known by ``cfg.model_name``.
+
+    >>> from headscope import load_model
+    >>> model = load_model("tiny-llama")
+    >>> model_info(model).name, model.cfg.model_name == "tiny-llama"
+    ('tiny-llama', False)
+    """
+    _NAMES[model] = name
+    if model in _INFOS:
+        _INFOS[model] = dataclasses.replace(_INFOS[model], name=name)
+    return model
+
+
 def model_info(model: Any, *, refresh: bool = False) -> ModelInfo:
     """Describe ``model`` (probed once, then cached for as long as the model lives).
 
@@ -97,7 +120,7 @@ def model_info(model: Any, *, refresh: bool = False) -> ModelInfo:
     pos = str(getattr(cfg, "positional_embedding_type", "other"))
     partial = dict(
         kind=kind,
-        name=str(getattr(cfg, "model_name", type(model).__name__)),
+        name=_NAMES.get(model) or str(getattr(cfg, "model_name", type(model).__name__)),
         n_layers=int(cfg.n_layers),
         n_heads=n_heads,
         n_kv_heads=int(getattr(cfg, "n_key_value_heads", None) or n_heads),
@@ -114,7 +137,7 @@ def model_info(model: Any, *, refresh: bool = False) -> ModelInfo:
     return info
 
 
-def _edit_honoured(model: Any, site: Literal["pattern", "attn_scores"]) -> bool:
+def _edit_honoured(model: Any, site: ProbedSite) -> bool:
     """Does replacing layer 0's ``site`` change that layer's ``hook_z``?
 
     The edit sends every query to key 0 only; if it is honoured, every row of ``z`` then equals

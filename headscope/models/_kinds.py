@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
+from headscope._types import Choice
 from headscope.errors import ModelError
 
-Kind = Literal["hooked", "bridge"]
+Kind = Choice["hooked", "bridge"]
 
 
 def hooked_transformer_class() -> type | None:

@@ -9,6 +9,7 @@ import torch
 
 from headscope.errors import ModelError
 from headscope.models._convert import load_folder
+from headscope.models._info import name_model
 from headscope.models._kinds import Kind
 from headscope.models._smollm2 import SMOLLM2_NAME, smollm2_folder
 from headscope.models._tiny import tiny_folder
@@ -51,5 +52,4 @@ def load_model(
     if key not in _FOLDERS:
         raise ModelError(f"unknown model {name!r}; headscope knows {', '.join(known_models())}")
     model = load_folder(_FOLDERS[key](), kind=kind, compatibility_mode=compatibility_mode, device=device, dtype=dtype)
-    model.cfg.model_name = key
-    return model
+    return name_model(model, key)

@@ -14,8 +14,9 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from headscope._types import Choice
 from headscope.errors import ConfigError
 from headscope.models._cache import cache_dir
 
@@ -32,6 +33,9 @@ _WORDS = (
     "because although while after before during when where which who what how"
 ).split()
 _SPECIAL = "<|endoftext|>"
+
+
+Arch = Choice["llama", "qwen2", "mistral", "gpt2", "gpt-neo"]
 
 
 def _corpus(n_sentences: int = 3000, seed: int = 0) -> list[str]:
@@ -135,7 +139,7 @@ def _config(arch: str, vocab: int, bos: int, n_layers: int, d_model: int, n_head
 
 
 def tiny_folder(
-    arch: Literal["llama", "qwen2", "mistral", "gpt2", "gpt-neo"] = "llama",
+    arch: Arch = "llama",
     *,
     n_layers: int = 2,
     d_model: int = 64,
@@ -157,6 +161,7 @@ def tiny_folder(
     rotary = arch in ("llama", "qwen2", "mistral")
     kv = n_kv_heads if n_kv_heads is not None else (max(1, n_heads // 2) if rotary else n_heads)
     spec = dict(arch=arch, n_layers=n_layers, d_model=d_model, n_heads=n_heads, n_kv_heads=kv, n_ctx=n_ctx, seed=seed)
+    spec["init"] = "generator"  # weights drawn by _initialise (older caches drew them from the global RNG)
 
     def build() -> tuple[Any, Any]:
         import torch
@@ -164,8 +169,21 @@ def tiny_folder(
 
         tokenizer = tiny_tokenizer()
         config = _config(arch, len(tokenizer), tokenizer.bos_token_id, n_layers, d_model, n_heads, kv, n_ctx)
-        with torch.random.fork_rng(devices=[]):  # seed the weights without touching the caller's RNG
-            torch.manual_seed(seed)
-            return AutoModelForCausalLM.from_config(config).eval(), tokenizer
+        with torch.random.fork_rng(devices=[]):  # HF's init draws from the global RNG: leave the caller's as it was
+            model = AutoModelForCausalLM.from_config(config).eval()
+        _initialise(model, config.initializer_range, torch.Generator().manual_seed(seed))
+        return model, tokenizer
 
     return _cached_folder(f"tiny-{arch}", spec, build)
+
+
+def _initialise(model: Any, std: float, generator: Any) -> None:
+    """Every weight from ``generator`` alone: matrices ~ N(0, std), biases 0, norm scales 1 (Hugging Face's scheme)."""
+    import torch
+
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim >= 2:
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+            else:
+                param.fill_(0.0 if name.endswith("bias") else 1.0)

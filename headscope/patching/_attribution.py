@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from headscope.errors import HeadscopeError
+from headscope.errors import ConfigError
 from headscope.hooks import attached, attn_hook, capture
 from headscope.models import model_info
 from headscope.patching._metrics import Metric, metric_name
@@ -28,7 +28,7 @@ __all__ = ["attribution_patching"]
 def attribution_patching(
     model: Any,
     clean_tokens: Int[Tensor, "batch pos"],
-    corrupted_tokens: Int[Tensor, "batch pos"],
+    corrupted_tokens: Int[Tensor, "_batch _pos"],  # its shape is checked against clean_tokens below
     metric: Metric,
     *,
     positions: Positions = "all",
@@ -48,8 +48,9 @@ def attribution_patching(
     info = model_info(model)
     clean, corrupt = _as_batch(clean_tokens), _as_batch(corrupted_tokens)
     if clean.shape != corrupt.shape:
-        raise HeadscopeError(
-            f"clean and corrupted tokens must have the same shape; got {tuple(clean.shape)} and {tuple(corrupt.shape)}"
+        raise ConfigError(
+            f"clean and corrupted tokens must have the same shape; got {tuple(clean.shape)} and "
+            f"{tuple(corrupt.shape)}: pad or trim them to one length"
         )
     info.check_length(corrupt.shape[1])
     pos = resolve_positions(positions, corrupt.shape[1])

@@ -8,20 +8,22 @@ heads matter, patching them recovers more of the source-target gap than random h
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from headscope.errors import HeadscopeError
-from headscope.heads import Head, as_heads, random_heads
+from headscope.errors import ConfigError, InputTypeError
+from headscope.heads import Head, Heads, as_heads, random_heads
 from headscope.models import model_info
-from headscope.patching._metrics import AnswerLogProb, Metric, metric_name
+from headscope.patching._metrics import Metric, metric_name
 from headscope.patching._patch import _as_batch, check_same_architecture, patched, record_heads
 from headscope.results import Saved
+from headscope.tasks._forced import Forceable, forced_batch
 
 __all__ = ["PatchingComparison", "compare_patching"]
 
@@ -46,7 +48,10 @@ class PatchingComparison(Saved):
     def recovered(self, name: str) -> float:
         gap = self.values["source"] - self.values["target"]
         if gap == 0:
-            raise HeadscopeError("source and target score the same: there is no gap to recover")
+            raise ConfigError(
+                f"source and target both score {self.values['source']}: there is no gap to recover; "
+                "compare models (or inputs) that differ on the metric"
+            )
         return (self.values[name] - self.values["target"]) / gap
 
     def random_values(self) -> list[float]:
@@ -82,7 +87,7 @@ def compare_patching(
     target: Any,
     source: Any,
     inputs: Sequence[Any],
-    shared_heads: Iterable[Head],
+    shared_heads: Heads,
     metric: Metric | None = None,
     *,
     n_random: int = 5,
@@ -92,9 +97,11 @@ def compare_patching(
     """Patch ``shared_heads``, their complement and ``n_random`` equal-size random sets from ``source`` into ``target``.
 
     ``inputs`` are token tensors (``[pos]`` or ``[batch, pos]``) or
-    :class:`~headscope.tasks.EncodedSample` objects (run as ``prompt + answer``, teacher-forced).
-    ``metric`` maps logits to a scalar; left as ``None``, every input must be an encoded sample
-    and the metric is the answer's log-probability. Random sets are drawn from the heads outside
+    :class:`~headscope.tasks.EncodedSample` objects, run teacher-forced: the prompt and the answer
+    less its last token, so each answer token is predicted by the row before it
+    (:mod:`headscope.tasks._forced`). ``metric`` maps logits to a scalar; left as ``None``, every
+    input must be an encoded sample and the metric is the answer's log-probability, summed over
+    its tokens. Random sets are drawn from the heads outside
     ``shared_heads`` with seeds ``seed, seed + 1, ...``. Values are means over the inputs.
 
     >>> from headscope import load_model
@@ -112,11 +119,13 @@ def compare_patching(
     every = [Head(layer, head) for layer in range(info.n_layers) for head in range(info.n_heads)]
     complement = [h for h in every if h not in set(shared)]
     if not shared:
-        raise HeadscopeError("shared_heads is empty: give the heads to patch (e.g. the intersection of two head sets)")
+        raise ConfigError("shared_heads is empty: give the heads to patch (e.g. the intersection of two head sets)")
     if not complement:
-        raise HeadscopeError("shared_heads covers every head, so it has no complement to compare against")
+        raise ConfigError(
+            "shared_heads covers every head, so it has no complement to compare against; give a proper subset"
+        )
     if not inputs:
-        raise HeadscopeError("inputs is empty: give at least one token sequence or encoded sample")
+        raise ConfigError("inputs is empty: give at least one token sequence or encoded sample")
     sets: dict[str, list[Head]] = {"shared": shared, "complement": complement}
     for i in range(n_random):
         sets[f"random-{i}"] = random_heads(info, len(shared), exclude=shared, seed=seed + i)
@@ -141,12 +150,26 @@ def compare_patching(
 def _prepare(item: Any, metric: Metric | None) -> tuple[Tensor, Metric]:
     if isinstance(item, Tensor):
         if metric is None:
-            raise HeadscopeError("token inputs need a metric; pass metric= or give EncodedSample inputs")
+            raise ConfigError("token inputs need a metric; pass metric= or give EncodedSample inputs")
         return _as_batch(item), metric
-    if hasattr(item, "input_ids") and hasattr(item, "answer_ids"):
-        tokens = torch.cat([item.input_ids, item.answer_ids]).unsqueeze(0)
-        return tokens, metric if metric is not None else AnswerLogProb(tuple(item.answer_ids.tolist()))
-    raise HeadscopeError(f"inputs must be token tensors or encoded samples; got {type(item).__name__}")
+    if isinstance(item, Forceable):
+        forced = forced_batch([item])
+        return forced.tokens, metric if metric is not None else _AnswerRowsLogProb(forced.rows[0], forced.targets[0])
+    raise InputTypeError(
+        f"inputs must be token tensors or encoded samples (Sample.encode(tokenizer)); got {type(item).__name__}"
+    )
+
+
+@dataclass(frozen=True)
+class _AnswerRowsLogProb:
+    """``log p(answer)`` of one teacher-forced sample: the sum over its answer rows of the target's log-probability."""
+
+    rows: Int[Tensor, " answer"]
+    targets: Int[Tensor, " answer"]
+
+    def __call__(self, logits: Float[Tensor, "1 pos vocab"]) -> Float[Tensor, ""]:
+        logprobs = torch.log_softmax(logits[0, self.rows.to(logits.device)].float(), dim=-1)
+        return logprobs.gather(-1, self.targets.to(logits.device)[:, None]).sum()
 
 
 def _device(model: Any) -> torch.device:

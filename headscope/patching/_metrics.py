@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from headscope.errors import HeadscopeError
+from headscope.errors import ConfigError
 from headscope.models import tokenizer_of
 
 Metric = Callable[[Tensor], Tensor]
@@ -69,13 +69,13 @@ class AnswerLogProb:
             int(i) for i in (self.answer_ids.tolist() if isinstance(self.answer_ids, Tensor) else self.answer_ids)
         )
         if not ids:
-            raise HeadscopeError("AnswerLogProb needs at least one answer token; got none")
+            raise ConfigError("AnswerLogProb needs at least one answer token; got none: pass the answer's token ids")
         object.__setattr__(self, "answer_ids", ids)
 
     def __call__(self, logits: Float[Tensor, "batch pos vocab"]) -> Float[Tensor, ""]:
         n = len(self.answer_ids)
         if logits.shape[1] <= n:
-            raise HeadscopeError(
+            raise ConfigError(
                 f"the input has {logits.shape[1]} positions, too few to hold a prompt and the {n} answer tokens; "
                 "pass prompt_ids + answer_ids as the input"
             )
@@ -87,7 +87,7 @@ class AnswerLogProb:
 
 def generation_score(
     model: Any,
-    tokens: Int[Tensor, "batch pos"] | Sequence[int],
+    tokens: Int[Tensor, "*batch pos"] | Sequence[int],
     score_fn: Callable[[str], float],
     *,
     max_new_tokens: int = 20,
@@ -107,7 +107,10 @@ def generation_score(
     ids = torch.as_tensor(tokens, device=next(model.parameters()).device)
     ids = ids.unsqueeze(0) if ids.ndim == 1 else ids
     if ids.ndim != 2 or ids.shape[0] != 1:
-        raise HeadscopeError(f"generation_score takes one prompt ([pos] or [1, pos]); got shape {tuple(ids.shape)}")
+        raise ConfigError(
+            f"generation_score takes one prompt ([pos] or [1, pos]); got shape {tuple(ids.shape)}: "
+            "score prompts one by one"
+        )
     tokenizer = tokenizer_of(model)
     eos = getattr(tokenizer, "eos_token_id", None)
     new: list[int] = []

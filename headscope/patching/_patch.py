@@ -16,23 +16,25 @@ without a key/value cache.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from typing import Any, Literal
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from headscope._types import Attention, Choice
 from headscope.errors import HeadIndexError, HeadscopeError, ModelError, ModelMismatchError
-from headscope.heads import Head
+from headscope.heads import Heads
 from headscope.hooks import attached, attn_hook, capture
 from headscope.models import ModelInfo, model_info
+from headscope.models._fused_bridge import fused_bridge, wants_fused
 
-Site = Literal["z", "q", "k", "v", "pattern"]
-Positions = Literal["all"] | Sequence[int]
+Site = Choice["z", "q", "k", "v", "pattern"]
+Positions = Choice["all"] | Sequence[int]
 SITES: tuple[str, ...] = ("z", "q", "k", "v", "pattern")
 
-__all__ = ["check_same_architecture", "patch_heads", "patched", "record_heads"]
+__all__ = ["attention_route", "check_same_architecture", "patch_heads", "patched", "record_heads"]
 
 
 def check_same_architecture(target: Any, source: Any) -> None:
@@ -59,7 +61,7 @@ def check_same_architecture(target: Any, source: Any) -> None:
         )
 
 
-def _heads_by_layer(info: ModelInfo, heads: Iterable[Head]) -> dict[int, list[int]]:
+def _heads_by_layer(info: ModelInfo, heads: Heads) -> dict[int, list[int]]:
     by_layer: dict[int, list[int]] = {}
     for layer, head in sorted(set(info.check_heads(heads))):
         by_layer.setdefault(layer, []).append(head)
@@ -100,10 +102,12 @@ def record_heads(
     *,
     layers: Iterable[int] | None = None,
     sites: Sequence[Site] = ("z",),
+    attention: Attention = "auto",
 ) -> dict[str, Tensor]:
     """Run ``model`` once and keep the per-head activations a later :func:`patched` block reads.
 
     Returns ``{hook name: activation}`` for each site at each layer (all layers by default).
+    ``attention`` picks the route the run takes (see :func:`patched`).
 
     >>> from headscope import load_model
     >>> model = load_model("tiny-llama")
@@ -120,9 +124,15 @@ def record_heads(
     tokens = _as_batch(tokens).to(_device(model))
     info.check_length(tokens.shape[1])
     names = [attn_hook(layer, site) for layer in layers for site in sites]
-    with torch.no_grad(), capture(model, names) as acts:
+    with torch.no_grad(), attention_route(model, attention, sites), capture(model, names) as acts:
         model(tokens)
     return dict(acts)
+
+
+def attention_route(model: Any, attention: Attention, sites: Sequence[str] = ("z",)) -> AbstractContextManager[None]:
+    """The route ``attention`` picks for patching ``sites``: :func:`fused_bridge`, or nothing to do (eager)."""
+    eager_because = "patching site 'pattern'" if "pattern" in sites else None
+    return fused_bridge(model) if wants_fused(model, attention, eager_because=eager_because) else nullcontext()
 
 
 def _as_batch(tokens: Any) -> Tensor:
@@ -167,10 +177,11 @@ class _PatchHook:
 def patched(
     model: Any,
     source: Mapping[str, Tensor],
-    heads: Iterable[Head],
+    heads: Heads,
     *,
     positions: Positions = "all",
     sites: Sequence[Site] = ("z",),
+    attention: Attention = "auto",
 ) -> Iterator[None]:
     """Inside the block, every forward of ``model`` has ``heads`` replaced by ``source``'s activations.
 
@@ -181,6 +192,12 @@ def patched(
 
     Attention is the only path between positions, so patching every head of every layer from a
     clean run restores the clean logits exactly at every position whose token the two inputs share.
+
+    ``attention``: ``"fused"`` runs every layer's attention through sdpa
+    (:func:`~headscope.models._fused_bridge.fused_bridge`; ``hook_q/k/v/z`` still fire, so the
+    ``z``, ``q``, ``k`` and ``v`` sites patch as on the eager route, to float rounding);
+    ``"eager"`` keeps TransformerLens's attention; ``"auto"`` (default) takes fused wherever it
+    can run and the sites do not include ``"pattern"``.
 
     >>> from headscope import load_model
     >>> model = load_model("tiny-llama")
@@ -206,7 +223,8 @@ def patched(
             if site in ("k", "v"):
                 per_head = torch.unique(per_head // info.kv_group)
             hooks.append((name, _PatchHook(name, source[name], per_head, positions, site)))
-    with attached(model, hooks):
+    route = attention_route(model, attention, sites) if hooks else nullcontext()  # no heads: exactly the model
+    with attached(model, hooks), route:
         yield
 
 
@@ -214,11 +232,12 @@ def patch_heads(
     target: Any,
     source: Any,
     tokens: Int[Tensor, "batch pos"],
-    heads: Iterable[Head],
+    heads: Heads,
     *,
     positions: Positions = "all",
     sites: Sequence[Site] = ("z",),
-    source_tokens: Int[Tensor, "batch pos"] | None = None,
+    source_tokens: Int[Tensor, "batch _pos"] | None = None,  # its length is checked against tokens below
+    attention: Attention = "auto",
 ) -> Float[Tensor, "batch pos vocab"]:
     """Logits of ``target`` on ``tokens`` with ``heads`` patched from ``source``'s run.
 
@@ -245,8 +264,10 @@ def patch_heads(
     heads = info.check_heads(heads)
     resolve_positions(positions, tokens.shape[1])
     layers = sorted({layer for layer, _ in heads})
-    acts = record_heads(source, src_tokens.to(_device(source)), layers=layers, sites=sites) if heads else {}
-    with torch.no_grad(), patched(target, acts, heads, positions=positions, sites=sites):
+    acts = {}
+    if heads:
+        acts = record_heads(source, src_tokens.to(_device(source)), layers=layers, sites=sites, attention=attention)
+    with torch.no_grad(), patched(target, acts, heads, positions=positions, sites=sites, attention=attention):
         return target(tokens.to(_device(target)))
 
 

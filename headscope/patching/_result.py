@@ -9,7 +9,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from headscope.errors import ConfigError, HeadscopeError
+from headscope.errors import ConfigError
 from headscope.heads import Head
 from headscope.results import Saved
 
@@ -49,7 +49,7 @@ class PatchingResult(Saved):
     def recovered(self) -> Float[Tensor, "layer head"]:
         """Fraction of the gap ``reference - baseline`` each patch recovers (needs ``reference``)."""
         if self.reference is None or self.reference == self.baseline:
-            raise HeadscopeError(
+            raise ConfigError(
                 f"recovered() needs a reference metric different from the baseline; got reference={self.reference}, "
                 f"baseline={self.baseline}"
             )

@@ -30,8 +30,9 @@ from tqdm.auto import tqdm
 from headscope.errors import HeadIndexError, HeadscopeError
 from headscope.hooks import attached, attn_hook, capture
 from headscope.models import model_info
+from headscope.models._fused_bridge import wants_fused
 from headscope.patching._metrics import Metric, metric_name
-from headscope.patching._patch import Positions, _as_batch, resolve_positions
+from headscope.patching._patch import Attention, Positions, _as_batch, attention_route, resolve_positions
 from headscope.patching._result import PatchingResult
 from headscope.patching._resume import Recorded, record
 
@@ -41,12 +42,13 @@ __all__ = ["head_patching_sweep"]
 def head_patching_sweep(
     model: Any,
     clean_tokens: Int[Tensor, "batch pos"],
-    corrupted_tokens: Int[Tensor, "batch pos"],
+    corrupted_tokens: Int[Tensor, "_batch _pos"],  # its shape is checked against clean_tokens below
     metric: Metric,
     *,
     positions: Positions = "all",
     layers: Iterable[int] | None = None,
     heads_per_run: int | None = None,
+    attention: Attention = "auto",
     progress: bool = True,
 ) -> PatchingResult:
     """Patch each head's output (``hook_z``) from the clean run into the corrupted run, one head at a time.
@@ -54,7 +56,9 @@ def head_patching_sweep(
     ``positions`` is ``"all"`` or the positions to patch (``range(-k, 0)`` for the last ``k``).
     ``layers`` limits the sweep (other layers get NaN). ``heads_per_run`` caps the heads batched
     into one forward (default: all heads of a layer). The result's ``baseline`` is the corrupted
-    metric and ``reference`` the clean one.
+    metric and ``reference`` the clean one. ``attention`` picks the attention route of every run
+    (``"auto"``: sdpa through :func:`~headscope.models._fused_bridge.fused_bridge` wherever it can
+    run, key/value reuse included; ``"eager"``: TransformerLens's attention); see :func:`patched`.
 
     >>> from headscope import load_model
     >>> from headscope.patching import LogitDiff
@@ -81,6 +85,41 @@ def head_patching_sweep(
     device = next(model.parameters()).device
     clean, corrupt = clean.to(device), corrupt.to(device)
 
+    with attention_route(model, attention):
+        values, clean_logits, run, resumable = _sweep(
+            model, clean, corrupt, metric, sweep_layers, pos, start, per_run, progress
+        )
+    return PatchingResult(
+        values=values,
+        metric=metric_name(metric),
+        baseline=float(metric(run.logits)),
+        reference=float(metric(clean_logits)),
+        method="exact",
+        settings={
+            "model": info.name,
+            "site": "z",
+            "positions": "all" if isinstance(positions, str) else pos.tolist(),
+            "n_tokens": int(corrupt.shape[1]),
+            "batch": corrupt.shape[0],
+            "resumed": resumable,
+            "attention": "fused" if wants_fused(model, attention) else "eager",
+        },
+    )
+
+
+def _sweep(
+    model: Any,
+    clean: Tensor,
+    corrupt: Tensor,
+    metric: Metric,
+    sweep_layers: list[int],
+    pos: Tensor,
+    start: int,
+    per_run: int,
+    progress: bool,
+) -> tuple[Tensor, Tensor, Recorded, bool]:
+    """Patch values, clean logits, the recorded corrupted run and whether it could be resumed."""
+    info = model_info(model)
     z_names = [attn_hook(layer, "z") for layer in sweep_layers]
     with torch.no_grad(), capture(model, z_names) as clean_z:
         clean_logits = model(clean)
@@ -89,7 +128,7 @@ def head_patching_sweep(
     if not resumable:
         warnings.warn(
             f"cannot resume {info.name} from a middle layer; the sweep runs full forwards (slower, same numbers)",
-            stacklevel=2,
+            stacklevel=3,
         )
     values = torch.full(info.shape, float("nan"))
     buffer = run.logits.clone()
@@ -105,21 +144,7 @@ def head_patching_sweep(
                 for j, head in enumerate(heads):
                     buffer[:, offset:] = out[j * batch : (j + 1) * batch]
                     values[layer, head] = float(metric(buffer))
-    return PatchingResult(
-        values=values,
-        metric=metric_name(metric),
-        baseline=float(metric(run.logits)),
-        reference=float(metric(clean_logits)),
-        method="exact",
-        settings={
-            "model": info.name,
-            "site": "z",
-            "positions": "all" if isinstance(positions, str) else pos.tolist(),
-            "n_tokens": int(corrupt.shape[1]),
-            "batch": batch,
-            "resumed": resumable,
-        },
-    )
+    return values, clean_logits, run, resumable
 
 
 def _layers(layers: Iterable[int] | None, n_layers: int) -> list[int]:

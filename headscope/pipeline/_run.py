@@ -13,7 +13,7 @@ from headscope.ablation import KnockoutCurve, knockout_curve
 from headscope.compare import Correlation, correlate, head_set, jaccard, recall
 from headscope.errors import HeadscopeError
 from headscope.heads import Head
-from headscope.models import load_folder, load_model, model_info, tiny_folder, tokenizer_of
+from headscope.models import load_folder, load_model, model_info, name_model, tiny_folder, tokenizer_of
 from headscope.patching import PatchingComparison, compare_patching
 from headscope.pipeline._config import PipelineConfig, Variant
 from headscope.pipeline._data import generic_samples, variant_samples
@@ -48,8 +48,7 @@ def base_model(config: PipelineConfig, *, progress: bool = False) -> tuple[Any, 
         n_ctx=config.n_ctx,
         seed=config.seed,
     )
-    model = load_folder(folder)
-    model.cfg.model_name = f"scratch-llama-{config.n_layers}x{config.n_heads}"
+    model = name_model(load_folder(folder), f"scratch-llama-{config.n_layers}x{config.n_heads}")
     if config.pretrain_steps == 0:
         return model, None
     text = generic_samples(tokenizer_of(model), n=4 * config.batch_size * 8, length=config.length, seed=config.seed)

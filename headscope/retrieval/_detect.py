@@ -33,13 +33,14 @@ function and one tie rule (the earliest key among equal maximal weights).
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from headscope._types import Choice
 from headscope.errors import ConfigError
 from headscope.models import model_info, tokenizer_of
 from headscope.retrieval._fused import FusedRoute
@@ -53,7 +54,7 @@ from headscope.tasks._forced import forced_batch
 
 __all__ = ["Mode", "detect_retrieval_heads"]
 
-Mode = Literal["teacher_forced", "generation"]
+Mode = Choice["teacher_forced", "generation"]
 Route = EagerRoute | FusedRoute
 Success = Callable[[Sample, str], bool]
 
@@ -123,9 +124,7 @@ def detect_retrieval_heads(
     tokenizer = tokenizer_of(model)
     success = success if success is not None else RougeRecall(0.5)
     generation = mode == "generation"
-    prepared = prepare(
-        samples, tokenizer, info, span=span, extra_tokens=max_new_tokens - 1 if generation else None
-    )
+    prepared = prepare(samples, tokenizer, info, span=span, extra_tokens=max_new_tokens - 1 if generation else None)
     settings: dict[str, Any] = {"span": span, "success": _describe(success)}
     route = choose_route(model, attention, info.n_layers)
     mass = score == "mass"

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from headscope._types import Choice
 from headscope.errors import ConfigError, ModelError, SpanError
-from headscope.heads import Head
+from headscope.heads import Head, Heads
 from headscope.hooks import attached, attn_hook
 from headscope.models import model_info, tokenizer_of
 from headscope.results import Saved
@@ -31,6 +32,8 @@ from headscope.tasks import Sample
 from headscope.viz._attention import MAX_SHOWN, check_positions
 
 __all__ = ["AttentionRows", "record_attention"]
+
+Queries = Choice["answer", "last"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,8 +53,8 @@ class AttentionRows(Saved):
     tokens: tuple[str, ...]
     heads: tuple[Head, ...]
     query_positions: tuple[int, ...]
-    top_keys: Int[Tensor, "head query"]
-    top_values: Float[Tensor, "head query"]
+    top_keys: Int[Tensor, "head row"]
+    top_values: Float[Tensor, "head row"]
     top_tokens: tuple[tuple[str, ...], ...]
     focus: tuple[int, ...]
     n_tokens: int
@@ -113,10 +116,10 @@ class AttentionRows(Saved):
 def record_attention(
     model: Any,
     source: Sample | Int[Tensor, " pos"] | Sequence[int],
-    heads: Sequence[Head],
+    heads: Heads,
     *,
     span: str = "needle",
-    queries: Literal["answer", "last"] | Sequence[int] = "answer",
+    queries: Queries | Sequence[int] = "answer",
     window: int = 16,
     around: Sequence[int] | None = None,
     include_bos: bool = True,
@@ -179,7 +182,7 @@ class _Stop(Exception):
 
 def _capture(
     model: Any, ids: Tensor, pairs: list[Head], shown: Tensor, rows: Tensor
-) -> tuple[Float[Tensor, "head query key"], Float[Tensor, "head query"], Int[Tensor, "head query"]]:
+) -> tuple[Float[Tensor, "head query key"], Float[Tensor, "head row"], Int[Tensor, "head row"]]:
     """``pattern[head, shown, shown]`` and the top-1 key of each query row, from one (truncated) forward."""
     n = len(ids)
     layers = sorted({layer for layer, _ in pairs})

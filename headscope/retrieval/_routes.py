@@ -15,38 +15,39 @@ Both routes read rows with the same function and tie rule, so hit counts are equ
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator
-from contextlib import AbstractContextManager
-from typing import Any, Literal
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from headscope._types import Attention
 from headscope.errors import ConfigError, ModelError
 from headscope.hooks import attached
 from headscope.models._fused import fused_unsupported, user_hooks
 from headscope.retrieval._decode import greedy_steps
 from headscope.retrieval._fused import FusedRoute
-from headscope.retrieval._top1 import RowReads, Top1Recorder
+from headscope.retrieval._top1 import RowReads, pattern_readers, take_reads
 
 __all__ = ["Attention", "EagerRoute", "choose_route"]
-
-Attention = Literal["fused", "eager", "auto"]
 
 
 class EagerRoute:
     """Detection forwards through ``model`` itself, reading rows in ``hook_pattern``.
 
-    Use :meth:`session` around the forwards: it attaches the hooks and removes them after.
+    Each forward (each decoding run) attaches hooks built for its own rows and needles
+    (:func:`~headscope.retrieval._top1.pattern_readers`) and removes them when it ends.
     """
 
     def __init__(self, model: Any, n_layers: int) -> None:
         self.model = model
-        self.recorder = Top1Recorder(n_layers)
+        self.n_layers = n_layers
         self.device = next(model.parameters()).device
 
     def session(self) -> AbstractContextManager[None]:
-        return attached(self.model, self.recorder.hooks())
+        """Nothing to set up: hooks live only as long as the forward they serve."""
+        return nullcontext()
 
     def forward(
         self,
@@ -56,11 +57,13 @@ class EagerRoute:
         attention_mask: Int[Tensor, "batch pos"],
     ) -> tuple[Float[Tensor, "batch row vocab"], RowReads]:
         """Logits and reads of the rows ``rows[b]``."""
-        self.recorder.rows, self.recorder.needles = rows, needles
-        # The mask changes nothing for right padding under causal attention, but without one a
-        # HookedTransformer whose tokenizer pads on the left masks every token equal to the pad id.
-        logits = self.model(tokens, attention_mask=attention_mask)
-        return logits[torch.arange(rows.shape[0], device=rows.device)[:, None], rows], self.recorder.take()
+        hooks, store = pattern_readers(self.n_layers, rows, needles)
+        with attached(self.model, hooks):
+            # The mask changes nothing for right padding under causal attention, but without one a
+            # HookedTransformer whose tokenizer pads on the left masks every token equal to the pad id.
+            logits = self.model(tokens, attention_mask=attention_mask)
+        reads = take_reads(store, "hook_pattern did not fire")
+        return logits[torch.arange(rows.shape[0], device=rows.device)[:, None], rows], reads
 
     def steps(
         self,
@@ -71,9 +74,10 @@ class EagerRoute:
         stop_ids: Collection[int],
     ) -> Iterator[tuple[int, RowReads]]:
         """Greedy decoding with the model's KV cache; each token comes with the reads of its row."""
-        self.recorder.rows, self.recorder.needles = None, needles
-        for token in greedy_steps(self.model, prompt, max_new_tokens=max_new_tokens, stop_ids=stop_ids):
-            yield token, self.recorder.take()
+        hooks, store = pattern_readers(self.n_layers, None, needles)
+        with attached(self.model, hooks):
+            for token in greedy_steps(self.model, prompt, max_new_tokens=max_new_tokens, stop_ids=stop_ids):
+                yield token, take_reads(store, "hook_pattern did not fire")
 
 
 def choose_route(model: Any, attention: Attention, n_layers: int) -> EagerRoute | FusedRoute:

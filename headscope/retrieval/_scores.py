@@ -16,12 +16,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import reduce
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from headscope._types import Choice
 from headscope.errors import ConfigError, ModelMismatchError
 from headscope.heads import Head, parse_head
 from headscope.results import Saved
@@ -29,7 +30,7 @@ from headscope.results import Saved
 __all__ = ["RETRIEVAL_THRESHOLD", "RetrievalScores", "Score"]
 
 #: ``"copy"``: Wu et al.'s copy-paste hits per needle token; ``"mass"``: attention mass on the needle.
-Score = Literal["copy", "mass"]
+Score = Choice["copy", "mass"]
 
 #: Wu et al.'s cut: heads scoring above 0.1 are retrieval heads.
 RETRIEVAL_THRESHOLD = 0.1
@@ -54,7 +55,7 @@ class RetrievalScores(Saved):
     [((0, 0), 0.5)]
     """
 
-    hit_sums: Float[Tensor, "layer head"]
+    hit_sums: Float[Tensor, "..."]  # a [layer, head] grid: __post_init__ checks the shape (ConfigError)
     n_counted: int
     n_samples: int
     model: str

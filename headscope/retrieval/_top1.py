@@ -24,7 +24,16 @@ from torch import Tensor
 
 from headscope.hooks import HookFn, attn_hook
 
-__all__ = ["RowReads", "Top1Recorder", "count_hits", "fit_needles", "needle_mask", "read_rows", "top1_rows"]
+__all__ = [
+    "RowReads",
+    "count_hits",
+    "fit_needles",
+    "needle_mask",
+    "pattern_readers",
+    "read_rows",
+    "take_reads",
+    "top1_rows",
+]
 
 
 def top1_rows(
@@ -54,7 +63,7 @@ class RowReads:
     mass: Float[Tensor, "*batch head row"] | None
 
 
-def read_rows(weights: Float[Tensor, "batch head row key"], needles: Bool[Tensor, "batch key"] | None) -> RowReads:
+def read_rows(weights: Float[Tensor, "batch head row key"], needles: Bool[Tensor, "batch pos"] | None) -> RowReads:
     """Top-1 key of each row (earliest among equal maxima) and, given ``needles``, the weight on them (float32).
 
     >>> w = torch.tensor([[[[0.2, 0.4, 0.4]]]])  # keys 1 and 2 tie
@@ -75,32 +84,25 @@ def fit_needles(needles: Bool[Tensor, "batch pos"], n_keys: int) -> Bool[Tensor,
     return torch.nn.functional.pad(needles, (0, n_keys - needles.shape[-1]), value=False)
 
 
-class Top1Recorder:
-    """Hooks that record :func:`read_rows` per layer; :meth:`take` returns and clears them.
+def pattern_readers(
+    n_layers: int, rows: Int[Tensor, "batch row"] | None, needles: Bool[Tensor, "batch pos"] | None
+) -> tuple[list[tuple[str, HookFn]], list[RowReads | None]]:
+    """``hook_pattern`` hooks of every layer that read ``rows`` with :func:`read_rows`, and the store they fill.
 
-    Set :attr:`rows` before each forward (``None`` reads the last query row, the one that
-    predicts the next token, which is all a KV-cached decoding step has). Set :attr:`needles`
-    (``[batch, pos]``) to also record each row's attention mass on the needle.
+    Built for one batch: the hooks close over its ``rows`` (``None`` reads the last query row,
+    the one that predicts the next token, which is all a KV-cached decoding step has) and
+    ``needles`` (also record each row's attention mass on the needle). Each forward overwrites
+    the store; :func:`take_reads` stacks and clears it.
     """
+    store: list[RowReads | None] = [None] * n_layers
 
-    def __init__(self, n_layers: int) -> None:
-        self.n_layers = n_layers
-        self.rows: Int[Tensor, "batch row"] | None = None
-        self.needles: Bool[Tensor, "batch pos"] | None = None
-        self._store: list[RowReads | None] = [None] * n_layers
+    def reader(layer: int) -> HookFn:
+        def read_pattern_rows(pattern: Tensor, hook: Any) -> None:
+            store[layer] = read_rows(pick_rows(pattern.detach(), rows), needles)
 
-    def hooks(self) -> list[tuple[str, HookFn]]:
-        return [(attn_hook(layer, "pattern"), self._recorder(layer)) for layer in range(self.n_layers)]
+        return read_pattern_rows
 
-    def _recorder(self, layer: int) -> HookFn:
-        def record_rows(pattern: Tensor, hook: Any) -> None:
-            self._store[layer] = read_rows(pick_rows(pattern.detach(), self.rows), self.needles)
-
-        return record_rows
-
-    def take(self) -> RowReads:
-        """Every layer's reads, stacked as ``[layer, batch, head, row]``, and clear them."""
-        return take_reads(self._store, "hook_pattern did not fire")
+    return [(attn_hook(layer, "pattern"), reader(layer)) for layer in range(n_layers)], store
 
 
 def take_reads(store: list[RowReads | None], why: str) -> RowReads:

@@ -14,14 +14,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Literal
 
+from headscope._types import Choice
 from headscope.errors import TaskError
 
 __all__ = ["Document", "HaystackKind", "NeedleKind", "document_stream", "shipped_corpus"]
 
-HaystackKind = Literal["diverse", "templated", "symbolic"]
-NeedleKind = Literal["natural", "templated", "symbolic"]
+HaystackKind = Choice["diverse", "templated", "symbolic"]
+NeedleKind = Choice["natural", "templated", "symbolic"]
 HAYSTACKS = ("diverse", "templated", "symbolic")
 NEEDLES = ("natural", "templated", "symbolic")
 CorpusItem = str | tuple[str, str] | dict

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Float, Int
@@ -21,6 +21,7 @@ from headscope.errors import ConfigError
 __all__ = ["Forceable", "ForcedBatch", "answer_logits", "forced_batch"]
 
 
+@runtime_checkable
 class Forceable(Protocol):
     """Prompt and answer token ids: an :class:`~headscope.tasks.EncodedSample` or a prepared detection sample."""
 

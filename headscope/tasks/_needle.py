@@ -16,8 +16,9 @@ Wu et al. do: the needle span is the sentence, and a head's copy score is graded
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
+from headscope._types import Choice
 from headscope.errors import ContextLengthError, TaskError
 from headscope.tasks._documents import CorpusItem, HaystackKind, NeedleKind, WriteDocument, check_kinds, document_stream
 from headscope.tasks._facts import Fact, make_facts
@@ -27,7 +28,7 @@ from headscope.tasks._text import PromptWriter, occurrences, rng_for, sentence_b
 __all__ = ["NEEDLE_QUESTION", "Answer", "needle_grid", "needle_sample"]
 
 #: What a needle sample asks the model to produce: the needle's value or its whole sentence.
-Answer = Literal["value", "sentence"]
+Answer = Choice["value", "sentence"]
 
 #: The question block after the context (Wu et al.'s wording, with "the text" for "the book").
 NEEDLE_QUESTION = "\n\nBased on the content of the text above, answer the question.\nQuestion: {question}\nAnswer:"

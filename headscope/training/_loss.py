@@ -22,7 +22,8 @@ from headscope.models import model_info, tokenizer_of
 from headscope.tasks import EncodedSample, Sample
 from headscope.tasks._forced import forced_batch
 
-Samples = Sequence[Sample | EncodedSample]
+#: Sample or EncodedSample items; :func:`prepare` checks each (InputTypeError), so any item is let through here.
+Samples = Sequence[Any]
 
 _PROBE = "The magic number is 4712. Paris, London and Tokyo!"
 

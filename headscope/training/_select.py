@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 from torch import nn
 
+from headscope._types import Choice
 from headscope.errors import ConfigError, ModelError
 
-Preset = Literal["attention", "attention_weights", "all"]
+Preset = Choice["attention", "attention_weights", "all"]
 Train = Preset | Sequence[str] | Callable[[str], bool]
 PRESETS: tuple[str, ...] = ("attention", "attention_weights", "all")
 

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from headscope._types import Attention, Choice
 from headscope.errors import ConfigError, InputTypeError, ModelError
-from headscope.models._fused import hf_twin
+from headscope.models import model_info
+from headscope.models._fused import fused_unsupported, hf_twin
 from headscope.tasks import EncodedSample
 from headscope.training._loss import Samples, answer_nll, prepare
 from headscope.training._result import FinetuneResult
 from headscope.training._select import Train, select_parameters
 
-Schedule = Literal["constant", "linear", "cosine"]
-Attention = Literal["eager", "fused"]
+Schedule = Choice["constant", "linear", "cosine"]
 EvalFn = Callable[[Any, int], Mapping[str, float]]
 
 
@@ -87,7 +88,7 @@ def finetune(
     per_epoch = math.ceil(math.ceil(len(encoded) / batch_size) / grad_accum)
     total = steps if steps is not None else epochs * per_epoch
     settings = dict(
-        model=str(getattr(model.cfg, "model_name", type(model).__name__)),
+        model=model_info(model).name,
         train=train if isinstance(train, str) else (repr(train) if callable(train) else list(train)),
         lr=lr,
         schedule=schedule,
@@ -151,11 +152,14 @@ def finetune(
 
 
 def _forward(model: Any, attention: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """``None`` (call the model) for ``"eager"``; for ``"fused"`` the logits of an sdpa twin sharing its weights."""
-    if attention == "eager":
+    """``None`` (call the model) for ``"eager"``; for ``"fused"`` the logits of an sdpa twin sharing its weights.
+
+    ``"auto"`` is ``"fused"`` where the model has a twin and ``"eager"`` elsewhere.
+    """
+    if attention not in ("auto", "fused", "eager"):
+        raise ConfigError(f"attention must be 'auto', 'fused' or 'eager'; got {attention!r}")
+    if attention == "eager" or (attention == "auto" and fused_unsupported(model) is not None):
         return None
-    if attention != "fused":
-        raise ConfigError(f"attention must be 'eager' or 'fused'; got {attention!r}")
     twin = hf_twin(model, "sdpa")
     return lambda tokens: twin(tokens).logits
 

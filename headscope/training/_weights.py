@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from headscope.errors import ConfigError, ModelMismatchError
-from headscope.models import model_kind
+from headscope.models import model_info, model_kind
 from headscope.training._select import named_parameters
 
 _FORMAT = "headscope-finetuned-weights"
@@ -93,5 +93,5 @@ def _describe(model: Any) -> dict[str, str]:
         "format": _FORMAT,
         "kind": model_kind(model),
         "compatibility_mode": str(bool(getattr(model, "compatibility_mode", False))),
-        "model": str(getattr(model.cfg, "model_name", "")),
+        "model": model_info(model).name,
     }

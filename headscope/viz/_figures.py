@@ -8,12 +8,12 @@ their ``.plot()``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from jaxtyping import Float
 
+from headscope._types import Choice, Grid
 from headscope.errors import ConfigError
 from headscope.heads import Head
 
@@ -32,8 +32,11 @@ __all__ = [
 ]
 
 
+Band = Choice["std", "minmax"]
+
+
 def top_heads_bar(
-    scores: Float[torch.Tensor, "layer head"] | Float[np.ndarray, "layer head"],
+    scores: Grid,
     k: int = 20,
     *,
     title: str = "",
@@ -77,7 +80,7 @@ def knockout_curve_figure(
     frame: Any,
     *,
     value: str = "value",
-    band: Literal["std", "minmax"] = "std",
+    band: Band = "std",
     title: str = "",
     value_name: str = "",
 ) -> Any:

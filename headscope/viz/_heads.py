@@ -6,18 +6,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from jaxtyping import Float
 
+from headscope._types import Grid
 from headscope.errors import ConfigError
 from headscope.heads import Head
 
 
 def head_map(
-    values: Float[torch.Tensor, "layer head"] | Float[np.ndarray, "layer head"],
+    values: Grid,
     *,
     title: str = "",
     value_name: str = "score",
-    extra: dict[str, Float[np.ndarray, "layer head"]] | None = None,
+    extra: dict[str, np.ndarray] | None = None,
     colorscale: str = "Blues",
     zmid: float | None = None,
     threshold: float | None = None,
