@@ -20,7 +20,7 @@ from headscope.pipeline._data import generic_samples, variant_samples
 from headscope.pipeline._result import PipelineResult, VariantResult
 from headscope.pipeline._score import answer_correct, answer_logprob, generated_match, task_score
 from headscope.retrieval import RetrievalScores, detect_retrieval_heads
-from headscope.tasks import Sample
+from headscope.tasks import EncodedSample, Sample
 from headscope.training import FinetuneResult, finetune
 
 __all__ = ["base_model", "count_every_sample", "finetune_variant", "retrieval_heads", "run_pipeline", "score_model"]
@@ -68,7 +68,7 @@ def base_model(config: PipelineConfig, *, progress: bool = False) -> tuple[Any, 
 
 
 def finetune_variant(
-    base: Any, samples: Sequence[Sample], config: PipelineConfig, *, progress: bool = False
+    base: Any, samples: Sequence[Sample | EncodedSample], config: PipelineConfig, *, progress: bool = False
 ) -> tuple[Any, FinetuneResult]:
     """A copy of ``base`` fine-tuned on ``samples`` (``config.train`` parameters); ``base`` is left untouched.
 
