@@ -61,7 +61,7 @@ def measure_on(device: str, fn: Callable[[], object]) -> tuple[float, float]:
 
 
 def worker(method: str, n_tokens: int, args: argparse.Namespace) -> dict:
-    from bench_retrieval import haystack_sample
+    from bench_retrieval import needle_samples
 
     import headscope as hs
     from headscope.models import smollm2_folder
@@ -77,16 +77,16 @@ def worker(method: str, n_tokens: int, args: argparse.Namespace) -> dict:
     generation = args.mode == "generation"
     model = hs.load_model(device=args.device, dtype=dtype)
     tokenizer = hs.models.tokenizer_of(model)
-    sample = haystack_sample(tokenizer, 0, n_tokens)
+    sample = needle_samples(tokenizer, 1, n_tokens)[0]
     enc = sample.encode(tokenizer)
     extra = 0 if generation else enc.answer_ids.numel() - 1
     while enc.input_ids.numel() + extra > n_tokens:  # trim to the budget, answer included
-        sample = haystack_sample(tokenizer, 0, enc.input_ids.numel() - 8)
+        sample = needle_samples(tokenizer, 1, enc.input_ids.numel() - 8)[0]
         enc = sample.encode(tokenizer)
         extra = 0 if generation else enc.answer_ids.numel() - 1
     tokens = enc.input_ids[None] if generation else torch.cat([enc.input_ids, enc.answer_ids[:-1]])[None]
     tokens = tokens.to(args.device)
-    warm = haystack_sample(tokenizer, 1, 128)
+    warm = needle_samples(tokenizer, 1, 128, seed=1)[0]
     warm_enc = warm.encode(tokenizer)
     steps = args.new_tokens
     if method in ("hf_sdpa", "hf_greedy", "wu"):

@@ -86,15 +86,18 @@ def row_weights(
     """
     batch, n_heads, n_query, d_head = query.shape
     n_kv, n_keys = key.shape[1], key.shape[2]
+    last_row = rows is None  # it sees every key, so no mask is needed
     if rows is None:
         rows = torch.full((batch, 1), n_query - 1, device=query.device)
+    n_rows = rows.shape[1]
     picked = query[torch.arange(batch, device=query.device)[:, None], :, rows]  # [batch, row, head, d_head]
-    grouped = picked.transpose(1, 2).reshape(batch, n_kv, n_heads // n_kv, rows.shape[1], d_head)
-    scores = torch.matmul(grouped, key[:, :, None].transpose(-2, -1)).reshape(batch, n_heads, rows.shape[1], n_keys)
-    scores = scores * scaling
-    last_visible = (n_keys - n_query + rows)[:, None, :, None]  # [batch, 1, row, 1]
-    hidden = torch.arange(n_keys, device=query.device) > last_visible
-    scores = scores.masked_fill(hidden, torch.finfo(scores.dtype).min)
+    # query head h = kv * group + g reads key/value head kv: one [group * row, key] product per kv head
+    grouped = picked.transpose(1, 2).reshape(batch, n_kv, (n_heads // n_kv) * n_rows, d_head)
+    scores = torch.matmul(grouped, key.transpose(-2, -1)).reshape(batch, n_heads, n_rows, n_keys) * scaling
+    if not last_row:
+        last_visible = (n_keys - n_query + rows)[:, None, :, None]  # [batch, 1, row, 1]
+        hidden = torch.arange(n_keys, device=query.device) > last_visible
+        scores = scores.masked_fill(hidden, torch.finfo(scores.dtype).min)
     return torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
 
 
