@@ -293,6 +293,11 @@ def _paper(args: argparse.Namespace) -> int:
 
     from headscope.pipeline import PipelineConfig, run_pipeline
 
+    if not Path(args.data).is_file():  # checked before the model loads
+        raise ConfigError(
+            f"headscope paper needs Lost in the Middle's multi-document QA rows (nq-open-oracle.jsonl.gz); "
+            f"no file at {args.data!r}: pass --data PATH"
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
     preset = PipelineConfig.smollm2_smoke if args.smoke else PipelineConfig.smollm2

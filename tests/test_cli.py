@@ -48,6 +48,14 @@ def test_unreadable_score_file_is_a_clear_error(tmp_path, capsys):
     assert "nope.json" in capsys.readouterr().err
 
 
+def test_paper_without_its_data_says_which_file_it_needs(tmp_path, capsys):
+    missing = tmp_path / "nq-open-oracle.jsonl.gz"
+    assert main(["paper", "--smoke", "--data", str(missing), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "--data" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
 def test_unknown_model_is_a_clear_error(tmp_path, capsys):
     assert main(["detect", "--model", "gpt-5", "--out", str(tmp_path)]) == 2
     assert "neither a known model" in capsys.readouterr().err

@@ -24,7 +24,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from headscope._types import Attention, Choice
-from headscope.errors import HeadIndexError, HeadscopeError, ModelError, ModelMismatchError
+from headscope.errors import ConfigError, HeadIndexError, ModelError, ModelMismatchError
 from headscope.heads import Heads
 from headscope.hooks import attached, attn_hook, capture
 from headscope.models import ModelInfo, model_info
@@ -72,7 +72,7 @@ def _check_sites(sites: Sequence[str], info: ModelInfo) -> tuple[str, ...]:
     sites = (sites,) if isinstance(sites, str) else tuple(sites)
     bad = [s for s in sites if s not in SITES]
     if bad or not sites:
-        raise HeadscopeError(f"sites must be a non-empty subset of {SITES}; got {sites}")
+        raise ConfigError(f"sites must be a non-empty subset of {SITES}; got {sites}")
     if "pattern" in sites and not info.pattern_edits:
         raise ModelError(
             f"{info.name} computes attention inside Hugging Face code and discards edits of hook_pattern; "
@@ -85,14 +85,14 @@ def resolve_positions(positions: Positions, n_pos: int) -> Tensor:
     """Sorted absolute positions in ``[0, n_pos)`` (negative indices count from the end)."""
     if isinstance(positions, str):
         if positions != "all":
-            raise HeadscopeError(f"positions must be 'all' or a sequence of token positions; got {positions!r}")
+            raise ConfigError(f"positions must be 'all' or a sequence of token positions; got {positions!r}")
         return torch.arange(n_pos)
     raw = [int(p) for p in positions]
     bad = [p for p in raw if not -n_pos <= p < n_pos]
     if bad:
         raise HeadIndexError(f"positions must lie in [-{n_pos}, {n_pos}) for an input of {n_pos} tokens; got {bad}")
     if not raw:
-        raise HeadscopeError("positions is empty: pass 'all' or at least one position")
+        raise ConfigError("positions is empty: pass 'all' or at least one position")
     return torch.tensor(sorted({p % n_pos for p in raw}))
 
 
@@ -140,7 +140,7 @@ def _as_batch(tokens: Any) -> Tensor:
     if tokens.ndim == 1:
         tokens = tokens.unsqueeze(0)
     if tokens.ndim != 2:
-        raise HeadscopeError(f"tokens must be [pos] or [batch, pos]; got shape {tuple(tokens.shape)}")
+        raise ConfigError(f"tokens must be [pos] or [batch, pos]; got shape {tuple(tokens.shape)}")
     return tokens
 
 
@@ -157,7 +157,7 @@ class _PatchHook:
         if act.shape[self.pos_axis] < n_src:
             return None  # a cached decoding step after the prompt: nothing of the source to patch
         if self.source.shape[0] not in (1, act.shape[0]):
-            raise HeadscopeError(
+            raise ConfigError(
                 f"{self.name}: the source run has batch {self.source.shape[0]} but the target run {act.shape[0]}; "
                 "use equal batches or a source of batch 1"
             )
@@ -216,7 +216,7 @@ def patched(
         for site in sites:
             name = attn_hook(layer, site)
             if name not in source:
-                raise HeadscopeError(
+                raise ConfigError(
                     f"source holds no {name}; record it with record_heads(model, tokens, sites={tuple(sites)})"
                 )
             per_head = torch.tensor(idx)
@@ -256,7 +256,7 @@ def patch_heads(
     tokens = _as_batch(tokens)
     src_tokens = tokens if source_tokens is None else _as_batch(source_tokens)
     if src_tokens.shape[1] != tokens.shape[1]:
-        raise HeadscopeError(
+        raise ConfigError(
             f"source and target inputs must have the same length to patch position by position; "
             f"got {src_tokens.shape[1]} and {tokens.shape[1]} tokens"
         )

@@ -27,7 +27,7 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from headscope.errors import HeadIndexError, HeadscopeError
+from headscope.errors import ConfigError, HeadIndexError
 from headscope.hooks import attached, attn_hook, capture
 from headscope.models import model_info
 from headscope.models._fused_bridge import wants_fused
@@ -71,7 +71,7 @@ def head_patching_sweep(
     info = model_info(model)
     clean, corrupt = _as_batch(clean_tokens), _as_batch(corrupted_tokens)
     if clean.shape != corrupt.shape:
-        raise HeadscopeError(
+        raise ConfigError(
             f"clean and corrupted tokens must have the same shape to patch position by position; "
             f"got {tuple(clean.shape)} and {tuple(corrupt.shape)}"
         )
@@ -81,7 +81,7 @@ def head_patching_sweep(
     start = 0 if isinstance(positions, str) else int(pos.min())
     per_run = info.n_heads if heads_per_run is None else int(heads_per_run)
     if per_run < 1:
-        raise HeadscopeError(f"heads_per_run must be at least 1; got {heads_per_run}")
+        raise ConfigError(f"heads_per_run must be at least 1; got {heads_per_run}")
     device = next(model.parameters()).device
     clean, corrupt = clean.to(device), corrupt.to(device)
 
