@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+from _close import assert_close, assert_differs
 
 import headscope as hs
 from headscope.errors import HeadIndexError, HeadscopeError, ModelError, ModelMismatchError
@@ -48,6 +49,12 @@ def _all_heads(model) -> list[tuple[int, int]]:
     return [(layer, head) for layer in range(info.n_layers) for head in range(info.n_heads)]
 
 
+def _logit_scale(model, tokens) -> float:
+    """The magnitude of ``model``'s logits on ``tokens``: a logit difference carries their rounding, not its own."""
+    with torch.no_grad():
+        return float(model(tokens).abs().max())
+
+
 def _naive_sweep(model, clean, corrupt, metric, positions) -> torch.Tensor:
     """One full patched forward per head, through the public single-patch path."""
     info = hs.model_info(model)
@@ -76,7 +83,7 @@ def test_patching_a_model_with_itself_on_the_same_input_changes_nothing(tiny_lla
     with torch.no_grad():
         plain = tiny_llama(corrupt)
     logits = patch_heads(tiny_llama, tiny_llama, corrupt, _all_heads(tiny_llama))
-    torch.testing.assert_close(logits, plain, atol=1e-6, rtol=0)
+    assert_close(logits, plain, short=True)
 
 
 def test_patching_every_head_restores_clean_logits_where_tokens_agree(tiny_llama):
@@ -85,10 +92,10 @@ def test_patching_every_head_restores_clean_logits_where_tokens_agree(tiny_llama
         clean_logits, corrupt_logits = tiny_llama(clean), tiny_llama(corrupt)
     logits = patch_heads(tiny_llama, tiny_llama, corrupt, _all_heads(tiny_llama), source_tokens=clean)
     after = slice(CORRUPT_AT + 1, None)
-    torch.testing.assert_close(logits[:, after], clean_logits[:, after], atol=1e-5, rtol=0)
+    assert_close(logits[:, after], clean_logits[:, after], short=True)
     # the corrupted position keeps its own embedding, so it is not restored
-    assert not torch.allclose(logits[:, CORRUPT_AT], clean_logits[:, CORRUPT_AT], atol=1e-5)
-    assert (corrupt_logits[:, after] - clean_logits[:, after]).abs().max() > 1e-3
+    assert_differs(logits[:, CORRUPT_AT], clean_logits[:, CORRUPT_AT], short=True)
+    assert_differs(corrupt_logits[:, after], clean_logits[:, after], short=True)  # what an unpatched run gives
 
 
 def test_patched_block_writes_the_source_head_only_at_the_chosen_positions(tiny_gpt2):
@@ -142,8 +149,10 @@ def test_sweep_matches_transformer_lens_all_position_head_patching(tiny_llama):
         theirs = get_act_patch_attn_head_out_all_pos(tiny_llama, corrupt, cache, metric)
     theirs = theirs if isinstance(theirs, torch.Tensor) else theirs.values
     assert ours.settings["resumed"]
-    torch.testing.assert_close(ours.values, theirs.float().cpu(), atol=1e-4, rtol=0)
-    assert ours.effects().abs().max() > 1e-3  # the comparison is not between two zeros
+    scale = _logit_scale(tiny_llama, corrupt)
+    assert_close(ours.values, theirs.float().cpu(), short=True, scale=scale)
+    # the comparison is not between two baselines: a sweep that patched nothing would give these
+    assert_differs(torch.full_like(ours.values, ours.baseline), theirs.float().cpu(), short=True, scale=scale)
     assert _no_hooks(tiny_llama)
 
 
@@ -155,7 +164,8 @@ def test_last_position_sweep_reusing_earlier_keys_matches_full_patching(arch):
     positions = range(-3, 0)
     fast = head_patching_sweep(model, clean, corrupt, metric, positions=positions, progress=False)
     assert fast.settings["resumed"] and fast.settings["positions"] == [9, 10, 11]
-    torch.testing.assert_close(fast.values, _naive_sweep(model, clean, corrupt, metric, positions), atol=1e-4, rtol=0)
+    naive = _naive_sweep(model, clean, corrupt, metric, positions)
+    assert_close(fast.values, naive, short=True, scale=_logit_scale(model, corrupt))
 
 
 def test_last_position_sweep_on_every_model_kind(tiny_llama):
@@ -163,7 +173,7 @@ def test_last_position_sweep_on_every_model_kind(tiny_llama):
     metric = AnswerLogProb((int(corrupt[0, -2]), int(corrupt[0, -1])))
     fast = head_patching_sweep(tiny_llama, clean, corrupt, metric, positions=[-3, -2], progress=False)
     naive = _naive_sweep(tiny_llama, clean, corrupt, metric, [-3, -2])
-    torch.testing.assert_close(fast.values, naive, atol=1e-4, rtol=0)
+    assert_close(fast.values, naive, short=True)  # log-probs: their own magnitude is the logits' scale
 
 
 def test_sweep_falls_back_to_full_forwards_with_a_warning_when_blocks_cannot_be_resumed(monkeypatch):
@@ -175,7 +185,7 @@ def test_sweep_falls_back_to_full_forwards_with_a_warning_when_blocks_cannot_be_
     with pytest.warns(UserWarning, match="full forwards"):
         slow = head_patching_sweep(model, clean, corrupt, metric, positions=[-1], heads_per_run=3, progress=False)
     assert not slow.settings["resumed"]
-    torch.testing.assert_close(slow.values, exact.values, atol=1e-5, rtol=0)
+    assert_close(slow.values, exact.values, short=True, scale=_logit_scale(model, corrupt))
 
 
 def test_sweep_limited_to_some_layers_leaves_the_others_nan():
@@ -197,7 +207,7 @@ def test_cross_model_patching_between_two_seeds_of_one_config():
     with torch.no_grad():
         own = target(tokens)
     # a twin with identical weights patches nothing away
-    torch.testing.assert_close(patch_heads(target, twin, tokens, heads), own, atol=1e-6, rtol=0)
+    assert_close(patch_heads(target, twin, tokens, heads), own, short=True)
     # from another seed: every head of the target now carries the source's z
     names = [attn_hook(layer, "z") for layer in range(2)]
     with capture(source, names) as want:
@@ -205,9 +215,9 @@ def test_cross_model_patching_between_two_seeds_of_one_config():
     with patched(target, record_heads(source, tokens), heads), capture(target, names) as got:
         logits = target(tokens)
     for name in names:
-        torch.testing.assert_close(got[name], want[name], atol=1e-6, rtol=0)
-    assert (logits - own).abs().max() > 1e-3
-    torch.testing.assert_close(patch_heads(target, source, tokens, heads), logits, atol=1e-6, rtol=0)
+        assert_close(got[name], want[name], short=True, msg=name)
+    assert_differs(own, logits, short=True)  # the source's heads did change the target's logits
+    assert_close(patch_heads(target, source, tokens, heads), logits, short=True)
 
 
 @pytest.mark.parametrize(("change", "named"), [({"n_layers": 3}, "n_layers"), ({"d_model": 32}, "d_model")])
@@ -287,7 +297,9 @@ def test_attribution_patching_correlates_with_the_exact_sweep(tiny_llama):
     metric = LogitDiff(5, 6)
     exact = head_patching_sweep(tiny_llama, clean, corrupt, metric, progress=False)
     approx = attribution_patching(tiny_llama, clean, corrupt, metric)
-    assert approx.baseline == pytest.approx(exact.baseline, abs=1e-5)
+    assert_close(
+        approx.baseline, exact.baseline, dtype=torch.float32, short=True, scale=_logit_scale(tiny_llama, corrupt)
+    )
     corr = torch.corrcoef(torch.stack([exact.effects().flatten(), approx.effects().flatten()]))[0, 1]
     assert corr > 0.8
     assert all(p.grad is None for p in tiny_llama.parameters())
@@ -306,7 +318,7 @@ def test_answer_logprob_equals_a_hand_computed_teacher_forced_sum():
     by_hand = sum(
         torch.log_softmax(logits[0, len(tokens[0]) - 4 + i], -1)[answer[i]].item() for i in range(len(answer))
     )
-    assert AnswerLogProb(tuple(answer))(logits).item() == pytest.approx(by_hand, abs=1e-5)
+    assert_close(AnswerLogProb(tuple(answer))(logits).item(), by_hand, dtype=torch.float32, short=True)
     assert LogitDiff(3, 7, position=-2)(logits).item() == pytest.approx((logits[0, -2, 3] - logits[0, -2, 7]).item())
 
 
@@ -338,9 +350,11 @@ def test_compare_patching_reports_shared_complement_and_random_sets(tmp_path):
     assert cmp.sets["shared"] == shared and len(cmp.sets["complement"]) == 6
     assert all(len(cmp.sets[f"random-{i}"]) == 2 and not set(cmp.sets[f"random-{i}"]) & set(shared) for i in range(3))
     want = sum(metric(patch_heads(target, source, x, shared)).item() for x in inputs) / 2
-    assert cmp.values["shared"] == pytest.approx(want, abs=1e-6)
+    scale = max(_logit_scale(target, x) for x in inputs)
+    assert_close(cmp.values["shared"], want, dtype=torch.float32, short=True, scale=scale)
     with torch.no_grad():
-        assert cmp.values["source"] == pytest.approx(sum(metric(source(x)).item() for x in inputs) / 2, abs=1e-6)
+        by_hand = sum(metric(source(x)).item() for x in inputs) / 2
+    assert_close(cmp.values["source"], by_hand, dtype=torch.float32, short=True, scale=scale)
     frame = cmp.to_frame()
     assert set(frame.kind) == {"target", "source", "shared", "complement", "random"}
     assert frame.loc[frame.set == "source", "recovered"].item() == pytest.approx(1.0)
@@ -364,7 +378,8 @@ def test_compare_patching_scores_encoded_samples_by_answer_logprob(tokenizer):
     tokens = torch.cat([sample.input_ids, sample.answer_ids]).unsqueeze(0)
     with torch.no_grad():
         want = AnswerLogProb(tuple(sample.answer_ids.tolist()))(target(tokens)).item()
-    assert cmp.metric == "answer_logprob" and cmp.values["target"] == pytest.approx(want, abs=1e-6)
+    assert cmp.metric == "answer_logprob"
+    assert_close(cmp.values["target"], want, dtype=torch.float32, short=True)
 
 
 # --- SmolLM2 ------------------------------------------------------------------------------------
@@ -372,17 +387,27 @@ def test_compare_patching_scores_encoded_samples_by_answer_logprob(tokenizer):
 
 @pytest.mark.smollm2
 def test_last_position_sweep_on_smollm2_matches_full_patching(smollm2, smollm2_tokenizer):
+    # SmolLM2 writes " 4712" as " ", "4", "7", "1", "2": the prompt ends on the space, so the next token is a digit
+    # (the metric once compared the space token with itself and was 0 for every head)
     text = "The secret code is 4712. " + "The river runs past the old mill and the village. " * 12
-    clean = hs.to_tokens(smollm2, text + "What is the secret code? The secret code is")
-    corrupt = hs.to_tokens(smollm2, text.replace("4712", "9035") + "What is the secret code? The secret code is")
+    clean = hs.to_tokens(smollm2, text + "What is the secret code? The secret code is ")
+    corrupt = hs.to_tokens(smollm2, text.replace("4712", "9035") + "What is the secret code? The secret code is ")
     assert clean.shape == corrupt.shape
-    answer, distractor = smollm2_tokenizer.encode(" 4")[0], smollm2_tokenizer.encode(" 9")[0]
+    (answer,), (distractor,) = smollm2_tokenizer.encode("4"), smollm2_tokenizer.encode("9")
+    assert smollm2_tokenizer.decode(clean[0, -1]) == " " and answer != distractor
     metric = LogitDiff(answer, distractor)
+    with torch.no_grad():
+        clean_logits, corrupt_logits = smollm2(clean), smollm2(corrupt)
+    scale = float(corrupt_logits.abs().max())  # a logit difference carries the rounding of the logits
+    assert_differs(metric(corrupt_logits).item(), metric(clean_logits).item(), dtype=torch.float32, scale=scale)
     fast = head_patching_sweep(smollm2, clean, corrupt, metric, positions=[-1], layers=[20, 29], progress=False)
     assert fast.settings["resumed"]
+    assert_close(fast.baseline, metric(corrupt_logits).item(), dtype=torch.float32, scale=scale)
     for head in [(20, 3), (29, 8)]:
         want = metric(patch_heads(smollm2, smollm2, corrupt, [head], positions=[-1], source_tokens=clean)).item()
-        assert fast.values[head].item() == pytest.approx(want, abs=1e-4)
+        assert_close(fast.values[head].item(), want, dtype=torch.float32, scale=scale, msg=f"L{head[0]}H{head[1]}")
+    computed = fast.values[[20, 29]]
+    assert_differs(torch.full_like(computed, fast.baseline), computed, scale=scale)  # some head moves the metric
 
 
 def test_patching_reads_head_labels_like_every_other_function():
