@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from _close import assert_close, assert_differs
 
 import headscope as hs
 from headscope.hooks import attached, attn_hook
@@ -66,7 +67,7 @@ def test_answer_loss_accepts_samples_and_encodes_them_with_the_models_tokenizer(
     with torch.no_grad():
         from_samples = answer_loss(tiny_gpt2, samples)
         from_encoded = answer_loss(tiny_gpt2, [s.encode(tokenizer) for s in samples])
-    assert from_samples.item() == pytest.approx(from_encoded.item(), rel=1e-6)
+    assert_close(from_samples, from_encoded, short=True)
 
 
 def test_padding_in_a_batch_leaves_each_samples_loss_unchanged(tiny_llama, tokenizer):
@@ -163,8 +164,10 @@ def test_grad_accum_equals_one_larger_batch():
     two = finetune(small, data, lr=1e-2, steps=1, batch_size=1, grad_accum=2, progress=False)
     # the samples have different answer lengths, so only a token-weighted sum over micro-batches matches
     assert two.losses[0] == pytest.approx(one.losses[0], rel=1e-5)
+    # AdamW's first step moves each trained weight by about lr = 1e-2 whatever the gradient's size, so a wrong
+    # weighting of the micro-batches flips whole updates; the long tolerance is 1e-4 of each tensor's scale
     for (name, a), (_, b) in zip(big.named_parameters(), small.named_parameters(), strict=True):
-        assert torch.allclose(a, b, atol=1e-6), name
+        assert_close(b.detach(), a.detach(), msg=name)
 
 
 def test_learning_rate_schedules_follow_warmup_then_decay():
@@ -191,7 +194,7 @@ def test_eval_fn_runs_before_training_every_n_steps_and_at_the_end(tokenizer):
 
     result = finetune(model, data, lr=1e-2, steps=5, eval_every=2, eval_fn=evaluate, progress=False)
     assert [e["step"] for e in result.evals] == [0, 2, 4, 5]
-    assert result.evals[0]["loss"] == pytest.approx(start, rel=1e-6)
+    assert_close(result.evals[0]["loss"], start, dtype=torch.float32, short=True)
     assert result.evals[-1]["loss"] < start
     assert not any(training for _, training in seen)
 
@@ -293,7 +296,7 @@ def test_trained_weights_round_trip_into_a_fresh_model(model_kind, tmp_path):
         assert torch.equal(fresh(tokens), tuned(tokens))
     base = hs.load_model("tiny-llama", kind=kind, compatibility_mode=compat)
     with torch.no_grad():
-        assert not torch.allclose(base(tokens), tuned(tokens))
+        assert_differs(base(tokens), tuned(tokens), short=True)  # the weights loaded are not the untrained ones
 
 
 def test_load_weights_rejects_weights_of_another_model(tmp_path):

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from _close import assert_close, assert_differs
 
 import headscope as hs
 from headscope.ablation import Knockout, head_means, knockout, mean_knockout
@@ -79,9 +80,13 @@ def test_edge_knockout_matches_a_hand_built_mask(tiny_llama, route):
             return allowed
 
         expected = hand_z(acts, layer, info.kv_group, 1 / math.sqrt(info.d_head), block)
-        torch.testing.assert_close(acts[layer, "z"][0], expected, atol=1e-5, rtol=1e-5)
+        assert_close(acts[layer, "z"][0], expected, short=True)
+        # without the mask (the knockout missed): the same q, k, v give another z
+        assert_differs(
+            hand_z(acts, layer, info.kv_group, 1 / math.sqrt(info.d_head), lambda a: a), expected, short=True
+        )
     plain, _ = attn_acts(tiny_llama, [0])
-    assert (logits - plain).abs().max() > 1e-3  # the knockout did change the computation
+    assert_differs(plain, logits, short=True)  # the knockout did change the computation
     assert no_hooks_left(tiny_llama)
 
 
@@ -97,7 +102,8 @@ def test_edge_knockout_on_a_gpt2_model_matches_a_hand_built_mask(tiny_gpt2):
             return allowed
 
         expected = hand_z(acts, layer, 1, 1 / math.sqrt(info.d_head), block)
-        torch.testing.assert_close(acts[layer, "z"][0], expected, atol=1e-5, rtol=1e-5)
+        assert_close(acts[layer, "z"][0], expected, short=True)
+        assert_differs(hand_z(acts, layer, 1, 1 / math.sqrt(info.d_head), lambda a: a), expected, short=True)
 
 
 @pytest.mark.parametrize("route", ["scores", "z"])
@@ -108,7 +114,7 @@ def test_uniform_knockout_averages_value_vectors_over_the_causal_prefix(tiny_lla
     for layer, head in [(0, 2), (1, 1)]:
         v = acts[layer, "v"][0, :, head // info.kv_group]
         prefix_means = v.cumsum(0) / torch.arange(1, N + 1)[:, None]
-        torch.testing.assert_close(acts[layer, "z"][0, :, head], prefix_means, atol=1e-5, rtol=1e-5)
+        assert_close(acts[layer, "z"][0, :, head], prefix_means, short=True)
 
 
 def plain_route(model, attention: str):
@@ -124,7 +130,7 @@ def test_grouped_query_heads_are_knocked_out_one_at_a_time(tiny_llama, attention
     with knockout(tiny_llama, [(0, 0)], "edge", keys=[1, 2], attention=attention):
         _, knocked = attn_acts(tiny_llama, [0])
     assert torch.equal(knocked[0, "z"][0, :, 1:], plain[0, "z"][0, :, 1:])
-    assert (knocked[0, "z"][0, 3:, 0] - plain[0, "z"][0, 3:, 0]).abs().max() > 1e-4
+    assert_differs(plain[0, "z"][0, 3:, 0], knocked[0, "z"][0, 3:, 0], short=True)
 
 
 @pytest.mark.parametrize("attention", ["eager", "auto"])
@@ -147,8 +153,9 @@ def test_mean_knockout_writes_the_reference_mean_computed_by_hand(tiny_llama):
     by_hand = torch.cat(zs).mean(0)  # mean over all 8 positions
     spec = mean_knockout(tiny_llama, [(1, 2), (1, 0)], reference)
     assert spec.heads == ((1, 0), (1, 2))
-    torch.testing.assert_close(torch.tensor(spec.means), by_hand[[0, 2]], atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(head_means(tiny_llama, reference)[1], by_hand, atol=1e-6, rtol=1e-6)
+    assert_close(torch.tensor(spec.means), by_hand[[0, 2]], short=True)
+    assert_close(head_means(tiny_llama, reference)[1], by_hand, short=True)
+    assert_differs(zs[0].mean(0), by_hand, short=True)  # the mean of one reference input only
     with spec.applied(tiny_llama):
         _, acts = attn_acts(tiny_llama, [1])
     expected = torch.tensor(spec.means, dtype=acts[1, "z"].dtype).expand(N, 2, -1)
@@ -172,7 +179,7 @@ def test_z_route_matches_direct_score_edits(tiny_llama):
         for route in ("scores", "z"):
             with torch.no_grad(), knockout(tiny_llama, [(0, 0), (0, 3), (1, 1)], mode, route=route, **kwargs):
                 outputs.append(tiny_llama(TOKENS))
-        torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=1e-5)
+        assert_close(outputs[0], outputs[1], short=True, msg=mode)
 
 
 # -- models whose attention ignores score edits ---------------------------------------------------
@@ -200,15 +207,15 @@ def test_gpt_neo_fallback_matches_attention_recomputed_from_q_k_v(tiny_neo):
 
         # GPT-Neo does not scale its attention scores
         expected = hand_z(acts, layer, 1, 1.0, block)
-        torch.testing.assert_close(acts[layer, "z"][0], expected, atol=1e-5, rtol=1e-5)
-    assert (acts[1, "z"] - plain[1, "z"]).abs().max() > 1e-4
+        assert_close(acts[layer, "z"][0], expected, short=True)
+    assert_differs(plain[1, "z"], acts[1, "z"], short=True)
 
 
 def test_gpt_neo_uniform_knockout_averages_value_vectors(tiny_neo):
     with knockout(tiny_neo, [(1, 3)], "uniform"):
         _, acts = attn_acts(tiny_neo, [1])
     v = acts[1, "v"][0, :, 3]
-    torch.testing.assert_close(acts[1, "z"][0, :, 3], v.cumsum(0) / torch.arange(1, N + 1)[:, None], atol=1e-5, rtol=0)
+    assert_close(acts[1, "z"][0, :, 3], v.cumsum(0) / torch.arange(1, N + 1)[:, None], short=True)
 
 
 def test_score_route_is_refused_where_score_edits_are_discarded(tiny_neo):
@@ -379,12 +386,12 @@ def test_mean_ablation_can_leave_bos_and_the_needle_out_of_its_means(tiny_llama)
         zs.append(z[[p for p in range(1, len(z)) if not n0 <= p < n1]])
     by_hand = torch.cat(zs).mean(0)
     means = head_means(tiny_llama, samples, exclude=("bos", "needle"), layers=[1])
-    torch.testing.assert_close(means[1], by_hand, atol=1e-6, rtol=1e-6)
-    assert (means[1] - head_means(tiny_llama, samples, layers=[1])[1]).abs().max() > 1e-4
+    assert_close(means[1], by_hand, short=True)
+    assert_differs(head_means(tiny_llama, samples, layers=[1])[1], by_hand, short=True)  # nothing left out
     spec = mean_knockout(tiny_llama, ["L1H2"], samples, exclude=("bos", "needle"))
-    torch.testing.assert_close(torch.tensor(spec.means[0]), by_hand[2], atol=1e-6, rtol=1e-6)
+    assert_close(torch.tensor(spec.means[0]), by_hand[2], short=True)
     other = torch.tensor([0, 5, 9, 2, 77])
     z_other = attn_acts(tiny_llama, [1], other[None])[1][1, "z"][0]
-    torch.testing.assert_close(head_means(tiny_llama, [other], exclude="bos")[1], z_other[1:].mean(0))
+    assert_close(head_means(tiny_llama, [other], exclude="bos")[1], z_other[1:].mean(0), short=True)
     with pytest.raises(SpanError, match="exclude='needle' names a span, but a reference input is Tensor"):
         head_means(tiny_llama, [other], exclude=("needle",))

@@ -6,6 +6,7 @@ import importlib.util
 
 import pytest
 import torch
+from _close import assert_close, assert_differs
 from transformers import AutoModelForCausalLM
 
 import headscope as hs
@@ -30,7 +31,7 @@ def test_every_kind_reproduces_hf_log_probs(arch, model_kind):
     with torch.no_grad():
         ours = model(tokens).log_softmax(-1)
         reference = _hf(folder)(tokens).logits.log_softmax(-1)
-    torch.testing.assert_close(ours, reference, atol=1e-4, rtol=0)
+    assert_close(ours, reference, short=True)
 
 
 def test_model_info_reads_the_architecture(tiny_llama, tiny_gpt2):
@@ -53,7 +54,7 @@ def test_probe_finds_that_hf_attention_bridges_discard_pattern_edits():
         plain = model(tokens)
         with attached(model, zero_all):
             edited = model(tokens)
-    torch.testing.assert_close(plain, edited)
+    assert_close(edited, plain, short=True)
     assert not _hooks_left(model)
 
 
@@ -63,7 +64,7 @@ def test_pattern_edits_take_effect_where_the_probe_says_so(tiny_llama):
         plain = tiny_llama(tokens)
         with attached(tiny_llama, [(attn_hook(0, "pattern"), lambda p, hook: torch.zeros_like(p))]):
             edited = tiny_llama(tokens)
-    assert (plain - edited).abs().max() > 1e-3
+    assert_differs(edited, plain, short=True)
 
 
 def test_gqa_hooks_have_fewer_key_value_heads(tiny_llama):
@@ -169,8 +170,7 @@ def test_smollm2_kinds_agree_with_hf_on_a_long_prompt(smollm2, smollm2_hf):
         reference = smollm2_hf(tokens).logits.log_softmax(-1)
         models = [smollm2] + ([hs.load_model(kind="hooked")] if "hooked" in available_kinds() else [])
         for model in models:
-            diff = (model(tokens).log_softmax(-1) - reference).abs().max().item()
-            assert diff < 2e-3, f"{hs.model_info(model).kind}: max |Δ log p| = {diff}"
+            assert_close(model(tokens).log_softmax(-1), reference, msg=hs.model_info(model).kind)
 
 
 @pytest.mark.smollm2

@@ -13,6 +13,7 @@ import json
 
 import pytest
 import torch
+from _close import assert_close
 
 from headscope import TaskError, load_model
 from headscope.evaluate import generate_answer
@@ -94,8 +95,8 @@ def test_fused_training_takes_the_same_steps_as_eager_training():
         runs.append(finetune(model, data, lr=1e-2, steps=4, batch_size=3, attention=attention, progress=False))
         weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert runs[1].losses[-1] < runs[1].losses[0]
-    torch.testing.assert_close(torch.tensor(runs[1].losses), torch.tensor(runs[0].losses), atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(weights[1], weights[0], atol=1e-4, rtol=1e-4)
+    assert_close(runs[1].losses, runs[0].losses, dtype=torch.float32)  # four AdamW steps: the long tolerance
+    assert_close(weights[1], weights[0])
 
 
 def test_fused_generation_scores_what_the_bridge_generates():

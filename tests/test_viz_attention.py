@@ -10,6 +10,7 @@ import re
 
 import pytest
 import torch
+from _close import assert_close
 
 import headscope as hs
 from headscope.retrieval import AttentionRows, record_attention
@@ -57,11 +58,11 @@ def test_record_numbers_and_top_keys_equal_directly_captured_pattern(tiny_llama,
     index = torch.tensor(view.positions)
     for h, (layer, head) in enumerate(heads):
         full = acts[names[layer]][0, head]
-        torch.testing.assert_close(view.pattern[h], full[index][:, index], rtol=0, atol=1e-7)
+        assert_close(view.pattern[h], full[index][:, index], short=True)
         # the top key of each answer row is the argmax over the whole row, not only the kept keys
         answer_rows = full[list(rows.query_positions)]
         assert rows.top_keys[h].tolist() == answer_rows.argmax(-1).tolist()
-        torch.testing.assert_close(rows.top_values[h], answer_rows.max(-1).values, rtol=0, atol=1e-7)
+        assert_close(rows.top_values[h], answer_rows.max(-1).values, short=True)
     shown = torch.tensor(_shown_props(view)["attention"], dtype=torch.float64)
     torch.testing.assert_close(shown, view.pattern.double(), rtol=0, atol=5.1e-5)
     assert view.heads == ("L1H3", "L0H1", "L1H0")
@@ -213,5 +214,5 @@ def test_view_matches_hugging_face_attentions_on_smollm2(smollm2, smollm2_hf, sm
     index = torch.tensor(view.positions)
     for h, (layer, head) in enumerate(heads):
         reference = attentions[layer][0, head][index][:, index]
-        torch.testing.assert_close(view.pattern[h], reference, rtol=0, atol=1e-4)
+        assert_close(view.pattern[h], reference)
     assert set(range(*enc.spans["needle"][0])) <= set(view.positions)
