@@ -122,8 +122,10 @@ def knockout(
     ...     fused = model(tokens)
     >>> with knockout(model, [(0, 1), (1, 3)], mode="edge", keys=[1, 2], attention="eager"):
     ...     eager = model(tokens)
-    >>> spec.mode, bool(torch.equal(fused, model(tokens))), bool(torch.allclose(fused, eager, atol=1e-5))
-    ('edge', False, True)
+    >>> spec.mode, bool(torch.equal(fused, model(tokens)))  # the knockout changed the logits
+    ('edge', False)
+    >>> bool((fused - eager).abs().max() <= 1e-5 * eager.abs().max())  # both routes agree to float32 rounding
+    True
     """
     spec = Knockout(tuple(heads), mode, keys=keys, span=span, queries=queries)
     with apply_knockout(model, spec, sample=sample, route=route, attention=attention):

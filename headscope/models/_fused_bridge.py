@@ -192,7 +192,8 @@ def fused_bridge(model: Any, edits: Mapping[int, LayerEdit] | None = None) -> It
     >>> tokens = torch.tensor([[0, 5, 9, 11]])
     >>> with fused_bridge(model):
     ...     fused = model(tokens)
-    >>> torch.allclose(fused, model(tokens), atol=1e-5)
+    >>> eager = model(tokens)
+    >>> bool((fused - eager).abs().max() <= 1e-5 * eager.abs().max())  # equal to float32 rounding at their scale
     True
     """
     reason = fused_unsupported(model)

@@ -206,7 +206,8 @@ def patched(
     >>> every_head = [(layer, head) for layer in range(2) for head in range(4)]
     >>> with patched(model, acts, every_head):
     ...     restored = model(corrupt)
-    >>> torch.allclose(restored[:, 2:], model(clean)[:, 2:], atol=1e-5)  # where the tokens agree
+    >>> expected = model(clean)
+    >>> bool((restored - expected)[:, 2:].abs().max() <= 1e-5 * expected.abs().max())  # where the tokens agree
     True
     """
     info = model_info(model)
