@@ -64,6 +64,7 @@ def test_record_numbers_and_top_keys_equal_directly_captured_pattern(tiny_llama,
         assert rows.top_keys[h].tolist() == answer_rows.argmax(-1).tolist()
         assert_close(rows.top_values[h], answer_rows.max(-1).values, short=True)
     shown = torch.tensor(_shown_props(view)["attention"], dtype=torch.float64)
+    # the page shows each weight rounded to 4 decimals: an absolute step of 5e-5, whatever the weight's size
     torch.testing.assert_close(shown, view.pattern.double(), rtol=0, atol=5.1e-5)
     assert view.heads == ("L1H3", "L0H1", "L1H0")
 
@@ -148,7 +149,7 @@ def test_view_draws_exactly_the_record_with_its_top_keys(tiny_llama):
     view = rows.plot()
     assert isinstance(view, AttentionView) and view.positions == rows.positions and view.heads == rows.labels
     props = _shown_props(view)
-    torch.testing.assert_close(torch.tensor(props["attention"]), rows.pattern, rtol=0, atol=5.1e-5)
+    torch.testing.assert_close(torch.tensor(props["attention"]), rows.pattern, rtol=0, atol=5.1e-5)  # 4 decimals
     assert props["attentionHeadNames"] == ["L1H2", "L0H3"]
     page = view.html(include_js=False)
     assert page.count("<tr><td>L") == 2 * len(rows.query_positions)  # one table row per (head, answer row)
