@@ -146,6 +146,22 @@ def test_a_snapshot_without_weights_says_how_to_download_them(hub_cache, tmp_pat
         hs.load_model("tiny-org/bin-only")
 
 
+def test_a_snapshot_the_hub_lists_more_files_for_is_an_incomplete_download(hub_cache):
+    """huggingface_hub 2.x keeps each commit's file listing beside the snapshot and refuses a partial one."""
+    tree_cache = pytest.importorskip("huggingface_hub._tree_cache")
+    root = hub_cache / "models--tiny-org--tiny-llama-hub"
+    commit = (root / "refs" / "main").read_text()
+    files = {
+        p.name: tree_cache.TreeCacheEntry(size=p.stat().st_size, blob_id="0" * 40)
+        for p in tiny_folder("llama").iterdir()
+    }
+    files["model-00002-of-00002.safetensors"] = tree_cache.TreeCacheEntry(size=1, blob_id="1" * 40)  # never downloaded
+    tree_cache.write_tree_cache(str(root), commit, files)
+    with pytest.raises(hs.ModelError, match=r"snapshot of hub model 'tiny-org/tiny-llama-hub' \(revision main\) at .*"
+                       r"is missing files .*HF_HUB_OFFLINE=1.*`hf download tiny-org/tiny-llama-hub`"):  # fmt: skip
+        hs.load_model(REPO)
+
+
 @pytest.mark.parametrize("kind", available_kinds())
 def test_bf16_weights_are_read_from_disk_in_bf16_and_the_model_runs_in_bf16(kind, monkeypatch):
     """No float32 copy on the way: the HF model comes out of from_pretrained already in bf16."""

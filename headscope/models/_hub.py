@@ -82,7 +82,6 @@ def hub_folder(
     from huggingface_hub.errors import (
         GatedRepoError,
         HFValidationError,
-        IncompleteSnapshotError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
@@ -100,14 +99,15 @@ def hub_folder(
         )
     except HFValidationError as error:
         raise ModelError(f"{repo_id!r} is not a hub id (ORG/NAME): {error}") from None
-    except IncompleteSnapshotError as error:
+    except LocalEntryNotFoundError as error:
+        snapshot = getattr(error, "snapshot_path", None)  # IncompleteSnapshotError (huggingface_hub 2.x)
+        if snapshot is None:
+            raise ModelError(_not_cached(repo_id, where, get, cache, quiet if offline else None, error)) from None
         raise ModelError(
-            f"the cached snapshot of {where} at {error.snapshot_path} is missing files and the hub cannot complete "
+            f"the cached snapshot of {where} at {snapshot} is missing files and the hub cannot complete "
             f"it now ({quiet if offline else 'the hub is not reachable'}); download it again with network "
             f"access: `{get}`"
         ) from None
-    except LocalEntryNotFoundError as error:
-        raise ModelError(_not_cached(repo_id, where, get, cache, quiet if offline else None, error)) from None
     except GatedRepoError:
         raise ModelError(
             f"{where} is gated: accept its terms at https://huggingface.co/{repo_id}, log in with `hf auth login`, "
