@@ -162,6 +162,24 @@ def test_a_snapshot_the_hub_lists_more_files_for_is_an_incomplete_download(hub_c
         hs.load_model(REPO)
 
 
+def test_a_download_takes_the_hf_weights_config_and_tokenizer_and_nothing_else():
+    """The files snapshot_download keeps under headscope's patterns, on the listings of two real repositories."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    from headscope.models import _hub
+
+    shards = [f"model-0000{i}-of-00004.safetensors" for i in range(1, 5)]
+    hf_format = ["config.json", "generation_config.json", "model.safetensors.index.json", "special_tokens_map.json",
+                 "tokenizer.json", "tokenizer_config.json", *shards]  # fmt: skip
+    llama3 = [".gitattributes", "LICENSE", "README.md", "USE_POLICY.md", "original/consolidated.00.pth",
+              "original/params.json", "original/tokenizer.model", *hf_format]  # fmt: skip
+    mistral = ["consolidated.safetensors", "tokenizer.model", "pytorch_model.bin", "model.gguf", "onnx/model.onnx",
+               *hf_format]  # fmt: skip
+    for listing, extra in ((llama3, []), (mistral, ["tokenizer.model"])):
+        kept = filter_repo_objects(listing, allow_patterns=_hub._NEEDED, ignore_patterns=_hub._SKIPPED)
+        assert sorted(kept) == sorted(hf_format + extra)
+
+
 @pytest.mark.parametrize("kind", available_kinds())
 def test_bf16_weights_are_read_from_disk_in_bf16_and_the_model_runs_in_bf16(kind, monkeypatch):
     """No float32 copy on the way: the HF model comes out of from_pretrained already in bf16."""

@@ -17,9 +17,11 @@ from headscope.errors import ModelError
 
 __all__ = ["hub_cache_dir", "hub_folder", "is_hub_id"]
 
-#: What a model needs from its repository; other files (GGUF, ONNX, ``original/`` checkpoints,
-#: ``.bin`` copies of the safetensors weights) are never downloaded.
+#: What a model needs from its repository; other files (GGUF, ONNX, ``.bin`` copies of the
+#: safetensors weights) are never downloaded, nor are the checkpoints some repositories keep in their
+#: authors' own format beside the Hugging Face one (Llama's ``original/``, Mistral's ``consolidated``).
 _NEEDED = ["*.json", "*.safetensors", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
+_SKIPPED = ["original/*", "consolidated*"]
 _TRUE = {"1", "on", "yes", "true"}
 
 
@@ -95,7 +97,12 @@ def hub_folder(
     get = f"hf download {repo_id}" + (f" --revision {revision}" if revision else "")
     try:
         folder = snapshot_download(
-            repo_id, revision=revision, cache_dir=cache, local_files_only=offline, allow_patterns=_NEEDED
+            repo_id,
+            revision=revision,
+            cache_dir=cache,
+            local_files_only=offline,
+            allow_patterns=_NEEDED,
+            ignore_patterns=_SKIPPED,
         )
     except HFValidationError as error:
         raise ModelError(f"{repo_id!r} is not a hub id (ORG/NAME): {error}") from None
