@@ -28,18 +28,13 @@ HAYSTACKS = ("diverse", "templated", "symbolic")
 MAIN_LENGTHS = (1000, 2000, 4000, 7900)
 
 
-def _load_model(spec: str, kind: str, weights: str | None = None) -> Any:
-    from headscope.models import known_models, load_folder, load_model
+def _load_model(
+    spec: str, kind: str, weights: str | None = None, *, device: str = "cpu", dtype: str = "float32"
+) -> Any:
+    """A headscope model name, a saved folder or a hub id (:func:`headscope.load_model`), with fine-tuned weights."""
+    from headscope.models import load_model
 
-    if spec.lower() in known_models():
-        model = load_model(spec, kind=kind)
-    elif Path(spec).is_dir():
-        model = load_folder(spec, kind=kind)
-    else:
-        raise ConfigError(
-            f"--model {spec!r} is neither a known model ({', '.join(known_models())}) nor a folder; "
-            "give one of those names or the folder of a saved Hugging Face model"
-        )
+    model = load_model(spec, kind=kind, device=device, dtype=dtype)
     if weights:
         from headscope.training import load_weights
 
@@ -89,7 +84,7 @@ def _detect(args: argparse.Namespace) -> int:
     from headscope.retrieval import RETRIEVAL_THRESHOLD, RougeRecall, SuccessLog, detect_retrieval_heads
 
     start = time.perf_counter()
-    model = _load_model(args.model, args.kind, args.weights)
+    model = _load_model(args.model, args.kind, args.weights, device=args.device, dtype=args.dtype)
     samples = _samples(args, model)
     print(f"{args.model}: {len(samples)} {args.task} samples, {args.mode} detection ({args.attention})", flush=True)
     # A copied sentence with the wrong value still recalls most of its words: ask for the value too.
@@ -172,7 +167,7 @@ def _knockout(args: argparse.Namespace) -> int:
     from headscope.evaluate import answer_accuracy, retrieval_success
     from headscope.retrieval import RetrievalScores
 
-    model = _load_model(args.model, args.kind, args.weights)
+    model = _load_model(args.model, args.kind, args.weights, device=args.device, dtype=args.dtype)
     samples = _samples(args, model)
     ranking = [head for head, _ in RetrievalScores.load(args.scores).above(0.0)]
     ks = [k for k in args.ks if k <= len(ranking)]
@@ -215,8 +210,8 @@ def _patch(args: argparse.Namespace) -> int:
     from headscope.patching import compare_patching
     from headscope.retrieval import RetrievalScores
 
-    source = _load_model(args.source, args.kind, args.source_weights)
-    target = _load_model(args.target, args.kind, args.target_weights)
+    source = _load_model(args.source, args.kind, args.source_weights, device=args.device, dtype=args.dtype)
+    target = _load_model(args.target, args.kind, args.target_weights, device=args.device, dtype=args.dtype)
     sets = [
         head_set(RetrievalScores.load(path).scores, top_k=args.top_k)
         for path in (args.source_scores, args.target_scores)
@@ -310,8 +305,40 @@ def _paper(args: argparse.Namespace) -> int:
 
 
 def _add_model(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="smollm2-135m-instruct", help="a known model name or a saved HF folder")
+    parser.add_argument(
+        "--model",
+        default="smollm2-135m-instruct",
+        help="a headscope model name, a saved HF folder, or a Hugging Face hub id (ORG/NAME) from the hub's cache; "
+        "HF_HUB_OFFLINE=1 never asks the hub (default: %(default)s)",
+    )
     parser.add_argument("--weights", help="fine-tuned weights (headscope.training.save_weights) to load into the model")
+    _add_placement(parser)
+
+
+def _add_placement(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--dtype`` of every subcommand that loads a model, checked as they are parsed."""
+    from headscope.models._placement import DTYPE_NAMES
+
+    parser.add_argument(
+        "--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or auto (CUDA if any) (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--dtype",
+        type=str.lower,
+        choices=DTYPE_NAMES,
+        default="float32",
+        help="weights and activations (default: %(default)s)",
+    )
+
+
+def _device(value: str) -> str:
+    from headscope.models._placement import resolve_device
+
+    try:
+        resolve_device(value)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return value
 
 
 def _add_task(parser: argparse.ArgumentParser, *, lengths: Sequence[int] = (500, 1000)) -> None:
@@ -429,14 +456,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = command("patch", _patch, "patch the heads two models share from a source model into a target model")
-    p.add_argument("--source", required=True, help="model whose activations are patched in (name or folder)")
-    p.add_argument("--target", required=True, help="model patched into (name or folder)")
+    p.add_argument("--source", required=True, help="model whose activations are patched in (name, folder or hub id)")
+    p.add_argument("--target", required=True, help="model patched into (name, folder or hub id)")
     p.add_argument("--source-weights", help="fine-tuned weights for the source model")
     p.add_argument("--target-weights", help="fine-tuned weights for the target model")
     p.add_argument("--source-scores", required=True, help="scores.json of the source model")
     p.add_argument("--target-scores", required=True, help="scores.json of the target model")
     p.add_argument("--top-k", type=int, default=20, help="head set of each model: its top k heads")
     p.add_argument("--n-random", type=int, default=3, help="random head sets of equal size")
+    _add_placement(p)
     _add_task(p)
 
     p = command("paper", _paper, "the seed paper's experiment: SmolLM2 fine-tuned on real vs synthetic MDQA")

@@ -9,6 +9,8 @@ alone (unlike ``model.hooks()``, which resets every hook on exit).
 Hook functions follow TransformerLens: ``fn(activation, hook) -> new activation or None``.
 On a bridge ``hook.name`` may differ from the name you registered, so capture the name in a
 closure if the function needs it.
+
+This is the bottom layer: it imports nothing from :mod:`headscope.models` (``tests/test_hooks_imports.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 from torch import Tensor
 
+from headscope._kv_alias import bridge_cache_names
 from headscope.errors import ModelError
 
 HookFn = Callable[[Tensor, Any], "Tensor | None"]
@@ -57,7 +60,7 @@ def attached(
 
     Every name is checked before anything is attached; the hooks are removed in ``finally``. While
     they are attached, a bridge's attention also finds a KV cache that transformers 5.24+ passes as
-    ``cache=`` (see :func:`headscope.models._kv.bridge_cache_names`), so cached generation inside
+    ``cache=`` (see :func:`headscope._kv_alias.bridge_cache_names`), so cached generation inside
     a knockout or patching block works on every supported release.
 
     >>> import torch
@@ -69,8 +72,6 @@ def attached(
     >>> seen
     [torch.Size([1, 4, 3, 3])]
     """
-    from headscope.models._kv import bridge_cache_names  # here: headscope.models imports this module
-
     points = _hook_points(model, [n for n, _ in (*fwd_hooks, *bwd_hooks)])
     added: list[tuple[Any, list[Any], Any]] = []
     try:

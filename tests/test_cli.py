@@ -56,9 +56,13 @@ def test_paper_without_its_data_says_which_file_it_needs(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_unknown_model_is_a_clear_error(tmp_path, capsys):
-    assert main(["detect", "--model", "gpt-5", "--out", str(tmp_path)]) == 2
-    assert "neither a known model" in capsys.readouterr().err
+def test_unknown_model_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # 'gpt-5' is spelled like a hub id: look in an empty cache only
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    assert main(["detect", "--model", "gpt-5", "--out", str(tmp_path / "o")]) == 2
+    assert "'gpt-5' (revision main) is not in the Hugging Face cache" in capsys.readouterr().err
+    assert main(["detect", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "is neither one of headscope's models" in capsys.readouterr().err
 
 
 def test_bad_options_are_rejected_by_the_parser(capsys):

@@ -136,9 +136,17 @@ def test_model_without_tokenizer_is_a_clear_error(tiny_llama, monkeypatch):
         hs.to_tokens(tiny_llama, "hello")
 
 
-def test_unknown_model_name_lists_the_known_ones():
-    with pytest.raises(hs.ModelError, match=r"unknown model 'gpt-5'.*smollm2-135m-instruct.*tiny-llama"):
+def test_unknown_model_name_lists_the_known_ones(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # 'gpt-5' is spelled like a hub id: look in an empty cache only
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(
+        hs.ModelError, match=r"'gpt-5' .*not in the Hugging Face cache.*smollm2-135m-instruct.*tiny-llama"
+    ):
         hs.load_model("gpt-5")
+    with pytest.raises(
+        hs.ModelError, match=r"'gpt 5' is neither one of headscope's models \(smollm2-135m-instruct, tiny"
+    ):
+        hs.load_model("gpt 5")
 
 
 def test_objects_that_are_not_transformerlens_models_are_rejected():

@@ -93,8 +93,11 @@ def _compare(ns: dict) -> None:
 
 
 def _models(ns: dict) -> None:
+    import torch
+
     info = ns["info"]
     assert (info.n_layers, info.n_heads, info.n_kv_heads) == (30, 9, 3) and isinstance(info.pattern_edits, bool)
+    assert {p.dtype for p in ns["half"].parameters()} == {torch.bfloat16}
 
 
 #: (a line the block contains, what a reader would check after it)

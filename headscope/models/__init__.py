@@ -1,4 +1,4 @@
-"""The one model layer: load models, describe them, and tokenize for them.
+"""The one model layer: load models (by name, folder or hub id), describe them, and tokenize for them.
 
 Every headscope function accepts a ``HookedTransformer`` (TransformerLens 3.x) or a
 ``TransformerBridge`` (3.9 and 4.x, with or without compatibility mode) and works only
@@ -7,6 +7,8 @@ through the canonical hook names.
 
 from headscope.models._cache import cache_dir as cache_dir
 from headscope.models._convert import load_folder as load_folder
+from headscope.models._hub import hub_cache_dir as hub_cache_dir
+from headscope.models._hub import hub_folder as hub_folder
 from headscope.models._info import Head as Head
 from headscope.models._info import ModelInfo as ModelInfo
 from headscope.models._info import model_info as model_info

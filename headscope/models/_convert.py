@@ -10,6 +10,7 @@ import torch
 
 from headscope.errors import ModelError
 from headscope.models._kinds import Kind, available_kinds, bridge_class
+from headscope.models._placement import resolve_device, resolve_dtype
 
 
 def load_folder(
@@ -18,15 +19,17 @@ def load_folder(
     kind: Kind = "bridge",
     compatibility_mode: bool = False,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
 ) -> Any:
     """Boot a TransformerLens model from a folder holding a saved HF model and its tokenizer.
 
     ``kind="bridge"`` boots a ``TransformerBridge`` (TransformerLens 3.9 and 4.x), optionally in
     compatibility mode. ``kind="hooked"`` builds a ``HookedTransformer`` (3.x only) with
     TransformerLens's own weight conversion and *unprocessed* weights (no layer-norm folding or
-    centring), so its attention patterns equal the HF model's.
+    centring), so its attention patterns equal the HF model's. ``device`` and ``dtype`` take what
+    :func:`~headscope.load_model` takes; Hugging Face reads the weights in ``dtype`` directly.
     """
+    dtype, device = resolve_dtype(dtype), resolve_device(device)
     path = Path(path)
     if not (path / "config.json").is_file():
         raise ModelError(f"{path} holds no config.json: expected a folder written by save_pretrained")

@@ -1,11 +1,9 @@
-"""Hand a Hugging Face KV cache to a bridge's attention components under the name they read.
+"""KV-cached decoding on every supported release: the cache-name alias and the guard that checks it.
 
-transformers 5.24 renamed the cache argument of its decoder layers and attention modules from
-``past_key_values`` to ``cache``. TransformerLens 4.3 / 3.9 attention bridges read only
-``past_key_values`` (or ``layer_past``) in ``_update_kv_cache``, so under 5.24 every cached step
-attends to its own key alone and the cache stays empty. :func:`bridge_cache_names` copies the cache
-to ``past_key_values`` for the duration of a ``with`` block, which is correct on both releases:
-on 5.23 and earlier the argument already has that name and nothing changes.
+transformers 5.24 renamed the attention modules' cache argument from ``past_key_values`` to
+``cache``, which TransformerLens 4.3 / 3.9 bridges do not read; :func:`bridge_cache_names` (defined
+in the bottom-layer :mod:`headscope._kv_alias`, so that :mod:`headscope.hooks` can use it without
+importing this package) hands the cache over under the old name for the duration of a ``with`` block.
 
 :func:`check_cache_length` is the guard every cached decoder runs after each step; it names the
 installed releases (:func:`versions`) when the cache did not grow.
@@ -13,11 +11,9 @@ installed releases (:func:`versions`) when the cache did not grow.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
 
+from headscope._kv_alias import bridge_cache_names as bridge_cache_names
 from headscope.errors import ModelError
 
 __all__ = ["KNOWN_GOOD", "bridge_cache_names", "check_cache_length", "versions"]
@@ -44,26 +40,3 @@ def check_cache_length(n_seen: int, held: int) -> None:
             f"{held}, so each step would attend to the wrong keys. Installed: {versions()}. "
             f"Known good: {KNOWN_GOOD}; reinstall from the lock with `make setup`."
         )
-
-
-@contextmanager
-def bridge_cache_names(model: Any) -> Iterator[None]:
-    """Inside the block, attention bridges of ``model`` see a ``cache=`` argument as ``past_key_values=``.
-
-    A no-op on ``HookedTransformer``, which keeps its own cache. The pre-hooks are removed on exit.
-    """
-    handles = []
-    try:
-        for module in model.modules():
-            if hasattr(module, "_update_kv_cache"):
-                handles.append(module.register_forward_pre_hook(_alias_cache, with_kwargs=True))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _alias_cache(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-    if kwargs.get("cache") is None or kwargs.get("past_key_values") is not None:
-        return None
-    return args, {**kwargs, "past_key_values": kwargs["cache"]}
