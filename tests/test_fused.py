@@ -151,12 +151,13 @@ def test_fused_route_runs_sdpa_without_a_query_by_key_mask(bridge, monkeypatch: 
 
 
 def test_ties_go_to_the_earliest_key_on_both_routes() -> None:
-    from headscope.retrieval._fused import row_weights
+    from headscope.models._fused_attention import AttentionCall
     from headscope.retrieval._top1 import read_rows
 
     query = torch.zeros(1, 2, 5, 4)  # zero queries: every visible key ties
     key = torch.randn(1, 1, 5, 4)
-    reads = read_rows(row_weights(query, key, 0.5, torch.tensor([[2, 4]])), None)
+    call = AttentionCall(query, key, key, None, 0.5)
+    reads = read_rows(call.weights(call.scores(torch.tensor([[2, 4]]))), None)
     assert torch.equal(reads.top1, torch.zeros(1, 2, 2, dtype=torch.long))
 
 
@@ -195,7 +196,7 @@ def test_a_user_hook_is_never_skipped_silently(bridge) -> None:
 def test_auto_falls_back_to_eager_when_the_twin_cannot_be_built(bridge, monkeypatch: pytest.MonkeyPatch) -> None:
     from headscope.retrieval import _fused
 
-    def broken(model, name):
+    def broken(model):
         raise ModelError("the bridge holds no tensor for model.norm.weight")
 
     monkeypatch.setattr(_fused, "hf_twin", broken)
