@@ -12,6 +12,7 @@ import warnings
 
 import pytest
 import torch
+from word_samples import always, word_sample
 
 import headscope as hs
 from headscope.errors import ModelError
@@ -21,28 +22,8 @@ from headscope.retrieval._fused import FusedRoute
 from headscope.retrieval._routes import EagerRoute, choose_route
 from headscope.tasks import Sample, Span
 
-WORDS = "red blue green gold river stone".split()
 ARCHS = {"llama": 2, "qwen2": 2, "mistral": 1}  # arch -> key/value heads (of 4 query heads)
-
-
-def word_sample(seed: int, n_words: int = 60) -> Sample:
-    """Words from a small set; the needle is a middle stretch and the answer repeats part of it."""
-    rng = random.Random(seed)
-    words = [rng.choice(WORDS) for _ in range(n_words)]
-    start, stop = n_words // 3, 2 * n_words // 3
-    before = " ".join(words[:start]) + " "
-    needle = " ".join(words[start:stop])
-    prompt = f"{before}{needle} {' '.join(words[stop:])}"
-    return Sample(
-        prompt, " " + " ".join(words[start : start + 8]), (Span("needle", len(before), len(before) + len(needle)),)
-    )
-
-
 SAMPLES = [word_sample(seed) for seed in range(6)]
-
-
-def always(sample: Sample, output: str) -> bool:
-    return True
 
 
 @pytest.fixture(scope="module", params=list(ARCHS), ids=list(ARCHS))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from word_samples import always, word_sample
 
 import headscope as hs
 from headscope.ablation import Knockout, mean_knockout
@@ -21,30 +22,11 @@ from headscope.models import hf_twin, tiny_folder
 from headscope.patching import patched, record_heads
 from headscope.pipeline._score import _generate, generated_match
 from headscope.retrieval import detect_retrieval_heads
-from headscope.tasks import Sample, Span
 from headscope.training import finetune
 
-WORDS = "red blue green gold river stone".split()
 MODES = ["uniform", "zero", "mean", "edge"]
 HEADS = [(0, 0), (0, 3), (1, 1), (1, 2), (2, 0), (2, 2)]
-
-
-def word_sample(seed: int, n_words: int = 40) -> Sample:
-    """Words from a small set; the needle is a middle stretch and the answer repeats part of it."""
-    g = torch.Generator().manual_seed(seed)
-    words = [WORDS[int(i)] for i in torch.randint(len(WORDS), (n_words,), generator=g)]
-    start, stop = n_words // 3, 2 * n_words // 3
-    before = " ".join(words[:start]) + " "
-    needle = " ".join(words[start:stop])
-    return Sample(
-        f"{before}{needle} {' '.join(words[stop:])}",
-        " " + " ".join(words[start : start + 6]),
-        (Span("needle", len(before), len(before) + len(needle)),),
-        meta={"value": words[start]},
-    )
-
-
-SAMPLES = [word_sample(seed) for seed in range(4)]
+SAMPLES = [word_sample(seed, n_words=40) for seed in range(4)]
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +48,7 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
 
 
 def detect(model, **kw):
-    return detect_retrieval_heads(
-        model, SAMPLES[:1], require_prediction=False, success=lambda s, o: True, progress=False, **kw
-    )
+    return detect_retrieval_heads(model, SAMPLES[:1], require_prediction=False, success=always, progress=False, **kw)
 
 
 @pytest.mark.parametrize("mode", MODES)
