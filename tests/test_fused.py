@@ -13,6 +13,7 @@ import warnings
 import pytest
 import torch
 from _close import assert_close
+from word_samples import always, word_sample
 
 import headscope as hs
 from headscope.errors import ModelError
@@ -22,28 +23,8 @@ from headscope.retrieval._fused import FusedRoute
 from headscope.retrieval._routes import EagerRoute, choose_route
 from headscope.tasks import Sample, Span
 
-WORDS = "red blue green gold river stone".split()
 ARCHS = {"llama": 2, "qwen2": 2, "mistral": 1}  # arch -> key/value heads (of 4 query heads)
-
-
-def word_sample(seed: int, n_words: int = 60) -> Sample:
-    """Words from a small set; the needle is a middle stretch and the answer repeats part of it."""
-    rng = random.Random(seed)
-    words = [rng.choice(WORDS) for _ in range(n_words)]
-    start, stop = n_words // 3, 2 * n_words // 3
-    before = " ".join(words[:start]) + " "
-    needle = " ".join(words[start:stop])
-    prompt = f"{before}{needle} {' '.join(words[stop:])}"
-    return Sample(
-        prompt, " " + " ".join(words[start : start + 8]), (Span("needle", len(before), len(before) + len(needle)),)
-    )
-
-
 SAMPLES = [word_sample(seed) for seed in range(6)]
-
-
-def always(sample: Sample, output: str) -> bool:
-    return True
 
 
 @pytest.fixture(scope="module", params=list(ARCHS), ids=list(ARCHS))
@@ -152,12 +133,13 @@ def test_fused_route_runs_sdpa_without_a_query_by_key_mask(bridge, monkeypatch: 
 
 
 def test_ties_go_to_the_earliest_key_on_both_routes() -> None:
-    from headscope.retrieval._fused import row_weights
+    from headscope.models._fused_attention import AttentionCall
     from headscope.retrieval._top1 import read_rows
 
     query = torch.zeros(1, 2, 5, 4)  # zero queries: every visible key ties
     key = torch.randn(1, 1, 5, 4)
-    reads = read_rows(row_weights(query, key, 0.5, torch.tensor([[2, 4]])), None)
+    call = AttentionCall(query, key, key, None, 0.5)
+    reads = read_rows(call.weights(call.scores(torch.tensor([[2, 4]]))), None)
     assert torch.equal(reads.top1, torch.zeros(1, 2, 2, dtype=torch.long))
 
 
@@ -196,7 +178,7 @@ def test_a_user_hook_is_never_skipped_silently(bridge) -> None:
 def test_auto_falls_back_to_eager_when_the_twin_cannot_be_built(bridge, monkeypatch: pytest.MonkeyPatch) -> None:
     from headscope.retrieval import _fused
 
-    def broken(model, name):
+    def broken(model):
         raise ModelError("the bridge holds no tensor for model.norm.weight")
 
     monkeypatch.setattr(_fused, "hf_twin", broken)

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from headscope._tolerance import relative
 from headscope._types import Attention
 from headscope.ablation._eager import ScoresKnockout, ZKnockout, hand_pattern, qk_sites
 from headscope.ablation._fused import FusedKnockout
@@ -146,17 +147,23 @@ def _use_scores(spec: Knockout, info: ModelInfo, route: str) -> bool:
 
 
 def _probe_scale(model: Any, info: ModelInfo, layer: int) -> float | None:
-    """The factor between ``q @ k`` and the pre-softmax scores, found on a short probe input (None: no match)."""
+    """The factor between ``q @ k`` and the pre-softmax scores, found on a short probe input (None: no match).
+
+    The candidate whose pattern comes closest to the model's wins, if it is within rounding of the
+    model's dtype (1e-5 in float32; :func:`headscope._tolerance.relative` below).
+    """
     q_site, k_site = qk_sites(model, layer)
     tokens = (torch.arange(1, 9) % info.d_vocab).unsqueeze(0).to(next(model.parameters()).device)
     with torch.no_grad(), capture(model, [q_site, k_site, attn_hook(layer, "pattern")]) as acts:
         model(tokens)
-    pattern = acts[attn_hook(layer, "pattern")].float()
+    seen = acts[attn_hook(layer, "pattern")]
+    pattern = seen.float()
     k = acts[k_site].repeat_interleave(info.kv_group, dim=2)
     candidates = [1 / math.sqrt(info.d_head), 1.0]
     attn_scale = float(getattr(model.cfg, "attn_scale", -1) or -1)
     if attn_scale > 0:
         candidates.insert(0, 1 / attn_scale)
-    return next(
-        (c for c in candidates if torch.allclose(hand_pattern(acts[q_site], k, c, 0), pattern, atol=1e-5)), None
-    )
+    gaps = [float((hand_pattern(acts[q_site], k, c, 0) - pattern).abs().max()) for c in candidates]
+    best = min(range(len(candidates)), key=gaps.__getitem__)
+    tolerance = 1e-5 if seen.dtype in (torch.float32, torch.float64) else relative(seen.dtype)
+    return candidates[best] if gaps[best] <= tolerance else None

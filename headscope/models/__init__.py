@@ -7,6 +7,11 @@ through the canonical hook names.
 
 from headscope.models._cache import cache_dir as cache_dir
 from headscope.models._convert import load_folder as load_folder
+from headscope.models._fused import fused_unsupported as fused_unsupported
+from headscope.models._fused import hf_twin as hf_twin
+from headscope.models._fused import twin_unavailable as twin_unavailable
+from headscope.models._fused_bridge import fused_active as fused_active
+from headscope.models._fused_bridge import fused_bridge as fused_bridge
 from headscope.models._hub import hub_cache_dir as hub_cache_dir
 from headscope.models._hub import hub_folder as hub_folder
 from headscope.models._info import Head as Head

@@ -17,8 +17,12 @@ HF's own cache serves generation. The twin is built on the meta device and then 
 bridge's tensors themselves (``assign``), so it costs no parameter memory and always sees the
 bridge's current weights; it is built per call and dropped afterwards.
 
-What the twin does not do is fire the bridge's hooks. :func:`user_hooks` lists hooks a user has
-attached, so callers can refuse the fused route rather than skip them silently.
+The twin runs :func:`~headscope.models._fused_attention.fused_attention`, and its attention
+modules hold the bridge's :class:`~headscope.models._fused_attention.FusedState`: a knockout
+active on the bridge's fused route (:func:`~headscope.models._fused_bridge.fused_bridge`) acts in
+the twin too. What the twin does not do is fire the bridge's hooks, so :func:`twin_unavailable`
+refuses it while any hook is attached (an eager knockout, a patch, a user's hook): callers then
+run the bridge itself rather than skip those hooks silently.
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ from typing import Any
 import torch
 
 from headscope.errors import ModelError
+from headscope.models._fused_attention import FUSED, fused_state, register
 from headscope.models._kinds import model_kind
 
-__all__ = ["FUSED_ARCHITECTURES", "fused_unsupported", "hf_twin", "user_hooks"]
+__all__ = ["FUSED_ARCHITECTURES", "fused_unsupported", "hf_twin", "twin_unavailable", "user_hooks"]
 
 #: HF ``model_type``s whose attention goes through ``AttentionInterface`` with a plain causal mask
 #: and whose bridge computes the same attention (no softcap, sinks or sliding windows).
@@ -84,15 +89,37 @@ def user_hooks(model: Any) -> list[str]:
     ]
 
 
-def hf_twin(model: Any, attn_implementation: str) -> Any:
+def twin_unavailable(model: Any) -> str | None:
+    """Why a Hugging Face twin cannot stand in for ``model`` right now (``None`` when it can).
+
+    On top of :func:`fused_unsupported`: the twin fires none of the bridge's hooks, so it is
+    refused while any hook is attached.
+
+    >>> from headscope import load_model, knockout
+    >>> model = load_model("tiny-llama")
+    >>> twin_unavailable(model) is None
+    True
+    >>> with knockout(model, [(0, 1)], attention="eager"):
+    ...     print(twin_unavailable(model)[:58])
+    hooks are attached to blocks.0.attn.hook_attn_scores, bloc
+    """
+    reason = fused_unsupported(model)
+    hooked = user_hooks(model) if reason is None else []
+    if hooked:
+        shown = ", ".join(hooked[:3]) + (" ..." if len(hooked) > 3 else "")
+        reason = f"hooks are attached to {shown}, and a twin fires none of the bridge's hooks"
+    return reason
+
+
+def hf_twin(model: Any) -> Any:
     """A Hugging Face ``*ForCausalLM`` that shares every parameter and buffer tensor of ``model``.
 
-    ``attn_implementation`` names a function registered in ``AttentionInterface``. The config is
-    copied, so the bridge's own config is left alone.
+    It runs headscope's fused attention (sdpa plus the edits active on ``model``'s fused route).
+    The config is copied, so the bridge's own config is left alone.
 
     >>> from headscope import load_model
     >>> bridge = load_model("tiny-llama")
-    >>> twin = hf_twin(bridge, "sdpa")
+    >>> twin = hf_twin(bridge)
     >>> twin.model.embed_tokens.weight is bridge.original_model.model.embed_tokens.weight
     True
     """
@@ -121,5 +148,10 @@ def hf_twin(model: Any, attn_implementation: str) -> Any:
             f"the bridge holds no tensor for {', '.join(left[:5])} of its {type(original).__name__}; "
             "the fused route cannot rebuild this model: use attention='eager'"
         )
-    twin.set_attn_implementation(attn_implementation)
+    register()
+    twin.set_attn_implementation(FUSED)
+    state = fused_state(model)
+    for module in twin.modules():
+        if hasattr(module, "layer_idx"):  # what fused_attention receives as ``module``
+            module.headscope_state = state
     return twin.eval()

@@ -1,4 +1,4 @@
-"""Run a bridge's attention layers through sdpa for the length of a ``with`` block, hooks and all.
+r"""Run a bridge's attention layers through sdpa for the length of a ``with`` block, hooks and all.
 
 Detection reads rows through a Hugging Face twin (:func:`headscope.models._fused.hf_twin`),
 which fires no bridge hooks. Knockout and patching instead act *through* hooks and on whatever
@@ -6,8 +6,13 @@ forward the user's code runs (``model(tokens)``, cached decoding), so :func:`fus
 the bridge and swaps only the forward of each attention component: it calls the Hugging Face
 attention module the component wraps, whose projections are the bridge's own ``LinearBridge``
 components, with the attention function chosen through ``AttentionInterface``. That function
-(:func:`_fused_edit_attention`) runs transformers' stock sdpa and hands the output to the layer's
-:class:`LayerEdit`, which may rewrite a few rows (knockout) before ``o_proj``.
+(:func:`~headscope.models._fused_attention.fused_attention`, the same one the twin runs) computes
+sdpa and hands the output to the layer's active
+:class:`~headscope.models._fused_attention.LayerEdit`\ s, which may rewrite a few rows
+(knockout) before ``o_proj``. The edits live in the model's
+:class:`~headscope.models._fused_attention.FusedState`, so the twin that detection, generation
+and training run honours them too, and blocks nest: a knockout entered inside another fused
+block adds its edits to those already active.
 
 **Hooks that fire:** ``hook_in``/``hook_out`` of attention and every block and residual hook;
 ``hook_q``, ``hook_k``, ``hook_v`` (the projections' ``hook_out``), ``hook_z`` (``o_proj``'s
@@ -23,35 +28,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-import torch
-from jaxtyping import Float
 from torch import Tensor
 
 from headscope.errors import ConfigError, ModelError
 from headscope.models._fused import fused_unsupported
+from headscope.models._fused_attention import FUSED, LAYER_KWARG, FusedState, LayerEdit, fused_state, register
 
-__all__ = ["FUSED_EDIT", "LayerEdit", "fused_bridge", "unfired_hooks", "wants_fused"]
-
-#: The name :func:`_fused_edit_attention` is registered under in ``AttentionInterface``.
-FUSED_EDIT = "headscope_fused_edit"
-_KWARG = "headscope_layer"
-
-
-@runtime_checkable
-class LayerEdit(Protocol):
-    """What one layer does to its fused attention output (``out`` is ``[batch, query, head, d_head]``)."""
-
-    def __call__(
-        self,
-        query: Float[Tensor, "batch head query d_head"],
-        key: Float[Tensor, "batch kv_head key d_head"],
-        value: Float[Tensor, "batch kv_head key d_head"],
-        mask: Tensor | None,
-        scaling: float,
-        out: Float[Tensor, "batch query head d_head"],
-    ) -> Float[Tensor, "batch query head d_head"]: ...
+__all__ = ["fused_active", "fused_bridge", "unfired_hooks", "wants_fused"]
 
 
 def wants_fused(model: Any, attention: str, *, eager_because: str | None = None) -> bool:
@@ -77,6 +62,11 @@ def wants_fused(model: Any, attention: str, *, eager_because: str | None = None)
     if reason is not None and attention == "fused":
         raise ModelError(f"attention='fused' cannot run on this model: {reason}. Use attention='eager' (or 'auto').")
     return reason is None
+
+
+def fused_active(model: Any) -> bool:
+    """Whether ``model``'s attention runs on the fused route right now (inside a :func:`fused_bridge` block)."""
+    return any(isinstance(block.attn.__dict__.get("forward"), _Layer) for block in getattr(model, "blocks", ()))
 
 
 def _fired(attn: Any) -> set[int]:
@@ -105,8 +95,8 @@ def unfired_hooks(model: Any) -> list[str]:
 class _Layer:
     """The swapped forward of one attention component, and the hooks it fires inside attention."""
 
-    def __init__(self, attn: Any, edit: LayerEdit | None) -> None:
-        self.attn, self.edit = attn, edit
+    def __init__(self, attn: Any, state: FusedState) -> None:
+        self.attn, self.state = attn, state
         fired = _fired(attn)
         self.unfired = {
             name: point
@@ -119,11 +109,14 @@ class _Layer:
         if hooked:  # attached inside the block: fused_bridge checked the ones attached before
             raise ModelError(
                 f"hooks are attached to {', '.join(hooked)} of {self.attn.name}, which the fused attention route "
-                "cannot fire (it builds no [query, key] matrix); remove them or use attention='eager'"
+                "cannot fire (it builds no [query, key] matrix); remove them or use attention='eager'. "
+                "If a knockout or patch entered with attention='auto' or 'fused' is active, its attention runs on "
+                "the fused route: read attention there with attention='auto' (detection), or enter it with "
+                "attention='eager'"
             )
         hidden = kwargs.pop("hidden_states") if "hidden_states" in kwargs else args[0]
         rest = args if "hidden_states" in kwargs or not args else args[1:]
-        kwargs[_KWARG] = self
+        kwargs[LAYER_KWARG] = self
         out, _ = self.attn.original_component(self.attn.hook_in(hidden), *rest, **kwargs)
         return self.attn.hook_out(out), None
 
@@ -142,58 +135,24 @@ class _Layer:
         return query, key
 
 
-def _fused_edit_attention(
-    module: Any,
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    attention_mask: Tensor | None,
-    scaling: float | None = None,
-    **kwargs: Any,
-) -> tuple[Tensor, None]:
-    """Stock sdpa attention; a ``headscope_layer`` keyword fires the rotary hooks and applies its edit."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    layer: _Layer | None = kwargs.pop(_KWARG, None)
-    if layer is not None:
-        query, key = layer.rotated(query, key)
-    n_query, n_key = query.shape[-2], key.shape[-2]
-    if attention_mask is None and 1 < n_query < n_key:
-        # A suffix resumed over cached keys (patching's key/value reuse) with no mask: sdpa's causal
-        # flag would align the queries with the first keys, so spell out the bottom-right causal mask.
-        rows = torch.arange(n_key - n_query, n_key, device=query.device)[:, None]
-        attention_mask = (torch.arange(n_key, device=query.device) <= rows)[None, None]
-    out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
-    if layer is not None and layer.edit is not None:
-        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        out = layer.edit(query, key, value, attention_mask, scale, out)
-    return out, None
-
-
-def _register() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-
-    AttentionInterface.register(FUSED_EDIT, _fused_edit_attention)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(FUSED_EDIT, sdpa_mask)
-
-
 @contextmanager
 def fused_bridge(model: Any, edits: Mapping[int, LayerEdit] | None = None) -> Iterator[None]:
     """Inside the block, every attention layer of ``model`` runs sdpa; ``edits[layer]`` rewrites its output.
 
     Raises :class:`ModelError` when the model cannot take the fused route
     (:func:`~headscope.models._fused.fused_unsupported`) or when a user hook sits on a hook point
-    the route cannot fire (see the module docstring). Everything is restored on exit.
+    the route cannot fire (see the module docstring). Blocks nest: an inner block adds its edits
+    to the outer one's for its length. Everything is restored on exit.
 
     >>> import torch
     >>> from headscope import load_model
     >>> model = load_model("tiny-llama")
     >>> tokens = torch.tensor([[0, 5, 9, 11]])
-    >>> with fused_bridge(model):
+    >>> with torch.no_grad(), fused_bridge(model):
     ...     fused = model(tokens)
-    >>> eager = model(tokens)
-    >>> bool((fused - eager).abs().max() <= 1e-5 * eager.abs().max())  # equal to float32 rounding at their scale
+    >>> with torch.no_grad():
+    ...     eager = model(tokens)
+    >>> torch.allclose(fused, eager, rtol=1e-4, atol=1e-5 * float(eager.abs().max()))
     True
     """
     reason = fused_unsupported(model)
@@ -205,17 +164,21 @@ def fused_bridge(model: Any, edits: Mapping[int, LayerEdit] | None = None) -> It
             f"hooks are attached to {', '.join(hooked[:3])}{' ...' if len(hooked) > 3 else ''}, which the fused "
             "attention route cannot fire (it builds no [query, key] matrix); remove them or use attention='eager'"
         )
-    _register()
-    config = model.original_model.config
-    before = config._attn_implementation
-    attns = [block.attn for block in model.blocks]
-    edits = edits or {}
-    try:
-        config._attn_implementation = FUSED_EDIT
-        for layer, attn in enumerate(attns):
-            object.__setattr__(attn, "forward", _Layer(attn, edits.get(layer)))  # nn.Module would intercept it
-        yield
-    finally:
-        for attn in attns:
-            attn.__dict__.pop("forward", None)
-        config._attn_implementation = before
+    state = fused_state(model)
+    with state.entered(dict(edits or {})):
+        if fused_active(model):  # an outer block has swapped the forwards already
+            yield
+            return
+        register()
+        config = model.original_model.config
+        before = config._attn_implementation
+        attns = [block.attn for block in model.blocks]
+        try:
+            config._attn_implementation = FUSED
+            for attn in attns:
+                object.__setattr__(attn, "forward", _Layer(attn, state))  # nn.Module would intercept it
+            yield
+        finally:
+            for attn in attns:
+                attn.__dict__.pop("forward", None)
+            config._attn_implementation = before

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from headscope._tolerance import relative
 from headscope.hooks import block_hook, capture
 from headscope.models import model_info
 from headscope.models._kv import bridge_cache_names
@@ -56,7 +57,10 @@ class Recorded:
         return self._resume_bridge(layer, resid, start, copies)
 
     def check(self, start: int = 0) -> bool:
-        """Does resuming from layer 0 reproduce the recorded logits (to 1e-4 relative)?"""
+        """Does resuming from layer 0 reproduce the recorded logits (to rounding of the model's dtype)?
+
+        Relative to the largest logit: 1e-4 in float32, :func:`headscope._tolerance.relative` below.
+        """
         try:
             with torch.no_grad():
                 out = self.resume(0, self.resid[0][:, start:], start)
@@ -64,7 +68,7 @@ class Recorded:
             return False
         want = self.logits[:, start:]
         scale = max(1.0, want.abs().max().item())
-        return out.shape == want.shape and bool((out - want).abs().max() <= 1e-4 * scale)
+        return out.shape == want.shape and bool((out - want).abs().max() <= relative(want.dtype) * scale)
 
     def _resume_hooked(self, layer: int, x: Tensor, start: int, copies: int) -> Tensor:
         model = self.model

@@ -8,10 +8,9 @@ from typing import Any
 
 import torch
 
-from headscope.errors import ConfigError
+from headscope.errors import ConfigError, ModelError
 from headscope.evaluate import generate_answer
-from headscope.models import tokenizer_of
-from headscope.models._fused import fused_unsupported, hf_twin, user_hooks
+from headscope.models import hf_twin, tokenizer_of, twin_unavailable
 from headscope.tasks import Sample, subspan_match
 from headscope.tasks._forced import answer_logits
 
@@ -89,15 +88,20 @@ def generated_match(
     Lost in the Middle's best-subspan exact match (:func:`~headscope.tasks.subspan_match`) on
     ``max_new_tokens`` greedily generated tokens. ``attention="fused"`` (or ``"auto"`` where the
     model allows it and no hook is attached) generates with Hugging Face's sdpa twin of the bridge,
-    which shares its weights; otherwise through the bridge with a KV cache.
+    which shares its weights and honours a knockout active on the bridge's fused route; otherwise
+    through the bridge itself with a KV cache (every attached hook runs).
 
     >>> from headscope import load_model
     >>> generated_match(load_model("tiny-llama"), [Sample("The key is", " 4712")], max_new_tokens=2)
     [0.0]
     """
-    fused = attention == "fused" or (attention == "auto" and fused_unsupported(model) is None and not user_hooks(model))
+    if attention not in ("auto", "fused", "eager"):
+        raise ConfigError(f"attention must be 'auto', 'fused' or 'eager'; got {attention!r}")
+    reason = twin_unavailable(model) if attention != "eager" else "attention='eager'"
+    if reason is not None and attention == "fused":
+        raise ModelError(f"attention='fused' cannot generate with this model: {reason}. Use attention='auto'.")
     tokenizer = tokenizer_of(model)
-    twin = hf_twin(model, "sdpa") if fused else None
+    twin = hf_twin(model) if reason is None else None
     out = []
     for sample in samples:
         golds = sample.meta.get("answers") or [sample.answer]

@@ -1,34 +1,32 @@
-"""The fused attention route: ``scaled_dot_product_attention`` per layer, plus only the scored rows.
+"""Detection's fused route: a Hugging Face twin of the bridge computes only the scored rows.
 
-Every layer's attention output comes from transformers' stock ``sdpa`` function (a fused kernel:
-flash or memory-efficient on GPU, the flash-style CPU kernel on CPU), run by a Hugging Face twin
-of the bridge (:func:`headscope.models._fused.hf_twin`, which explains why a twin rather than
-patched bridge components). The attention function registered here as ``"headscope_fused"``
-calls that stock function unchanged and then, for the few query rows that detection scores,
-recomputes the attention weights from the post-rotary query rows against the post-rotary keys
-(query head ``h`` reads key/value head ``h // group``), exactly as TransformerLens's eager
-bridge does: ``(q @ k.T) * scaling``, masked keys at the dtype's minimum, softmax in float32,
-cast back. Those ``[batch, head, row, key]`` weights go through the same
-:func:`~headscope.retrieval._top1.read_rows` as the eager route's patterns, so both routes
-follow one tie rule. No ``[query, key]`` matrix is ever built: memory grows with the sequence,
-not its square.
+Every layer runs :func:`~headscope.models._fused_attention.fused_attention` in a Hugging Face
+twin of the bridge (:func:`headscope.models._fused.hf_twin`, which explains why a twin rather
+than patched bridge components): stock ``sdpa`` for the layer's output (a fused kernel: flash or
+memory-efficient on GPU, the flash-style CPU kernel on CPU), then, for the few query rows that
+detection scores, the row recomputation every fused path shares
+(:meth:`~headscope.models._fused_attention.AttentionCall.scores`): ``q @ k.T * scaling`` in
+float32, soft-capped where the model caps, masked keys at ``-inf``, softmax in float32, with the
+edits of any knockout active on the bridge's fused route applied. Those ``[batch, head, row,
+key]`` weights go through the same :func:`~headscope.retrieval._top1.read_rows` as the eager
+route's patterns, so both routes follow one tie rule. No ``[query, key]`` matrix is ever built:
+memory grows with the sequence, not its square.
 
-**Exactness.** Layer 0's rows come from the same query and key tensors by the same formula as
-the eager route's (only the matrix product's shape differs, which can change BLAS rounding in
-the last bit); later layers see residuals that differ from the eager route's by sdpa's rounding
-(about 1e-7 in float32). A top-1 key can therefore move only where two keys' weights agree to
-that precision. Hit counts were equal on every tested model and sample
-(``tests/test_fused.py``). In bfloat16 the rounding is far coarser; expect rare differences.
+**Exactness.** Layer 0's rows come from the same query and key tensors as the eager route's;
+later layers see residuals that differ from the eager route's by sdpa's rounding (about 1e-7 in
+float32). A top-1 key can therefore move only where two keys' weights agree to that precision.
+Hit counts were equal on every tested model and sample (``tests/test_fused.py``). The weights
+are read in float32 whatever the model's dtype: a bfloat16 model's weights, cast back to
+bfloat16, tie often (the earliest key, often BOS, would then win), so they are not cast back.
 
-The registered function takes its reader from a keyword argument that Hugging Face passes
-through the model call down to every attention function, so it holds no state of its own, and
-a model that uses it without a reader computes plain sdpa attention.
+The reader travels as a keyword argument that Hugging Face passes through the model call down to
+every attention function, so the route holds no state in the model.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -37,18 +35,15 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from headscope.models._fused import hf_twin
+from headscope.models._fused_attention import READER_KWARG, AttentionCall, LayerEdit
 from headscope.models._kv import check_cache_length
 from headscope.retrieval._top1 import RowReads, read_rows, take_reads
 
-__all__ = ["FUSED_ATTENTION", "FusedRoute", "RowReader", "fused_attention"]
-
-#: The name ``fused_attention`` is registered under in ``AttentionInterface``.
-FUSED_ATTENTION = "headscope_fused"
-_READER_KWARG = "headscope_reader"
+__all__ = ["FusedRoute", "RowReader"]
 
 
 class RowReader:
-    """Per-layer :class:`RowReads` of the scored rows, filled by :func:`fused_attention`.
+    """Per-layer :class:`RowReads` of the scored rows, filled by the fused attention function.
 
     ``rows[b]`` are query positions of batch item ``b`` (``None``: the last query row);
     ``needles`` (``[batch, pos]``) asks for each row's attention mass on the needle too.
@@ -59,74 +54,20 @@ class RowReader:
         self.needles: Bool[Tensor, "batch pos"] | None = None
         self._store: list[RowReads | None] = [None] * n_layers
 
-    def read(
-        self,
-        layer: int,
-        query: Float[Tensor, "batch head query d_head"],
-        key: Float[Tensor, "batch kv_head key d_head"],
-        scaling: float,
-    ) -> None:
-        self._store[layer] = read_rows(row_weights(query, key, scaling, self.rows), self.needles)
+    def read(self, layer: int, call: AttentionCall, edits: Sequence[LayerEdit]) -> None:
+        """Read this layer's rows as the active ``edits`` make its heads attend."""
+        rows = self.rows
+        if rows is None:
+            last = call.query.shape[-2] - 1
+            rows = torch.full((call.query.shape[0], 1), last, device=call.query.device)
+        scores = call.scores(rows)
+        for edit in edits:
+            scores = edit.edit_scores(call, scores, rows, None)
+        self._store[layer] = read_rows(call.weights(scores), self.needles)
 
     def take(self) -> RowReads:
         """Every layer's reads, stacked as ``[layer, batch, head, row]``, and clear them."""
         return take_reads(self._store, "the fused attention function did not run")
-
-
-def row_weights(
-    query: Float[Tensor, "batch head query d_head"],
-    key: Float[Tensor, "batch kv_head key d_head"],
-    scaling: float,
-    rows: Int[Tensor, "batch row"] | None,
-) -> Float[Tensor, "batch head row key"]:
-    """Causal attention weights of the query rows ``rows[b]`` (positions within ``query``).
-
-    With a KV cache the queries are the last ``query`` of ``key`` positions, so row ``i`` sees
-    keys ``0 .. key - query + i``.
-    """
-    batch, n_heads, n_query, d_head = query.shape
-    n_kv, n_keys = key.shape[1], key.shape[2]
-    last_row = rows is None  # it sees every key, so no mask is needed
-    if rows is None:
-        rows = torch.full((batch, 1), n_query - 1, device=query.device)
-    n_rows = rows.shape[1]
-    picked = query[torch.arange(batch, device=query.device)[:, None], :, rows]  # [batch, row, head, d_head]
-    # query head h = kv * group + g reads key/value head kv: one [group * row, key] product per kv head
-    grouped = picked.transpose(1, 2).reshape(batch, n_kv, (n_heads // n_kv) * n_rows, d_head)
-    scores = torch.matmul(grouped, key.transpose(-2, -1)).reshape(batch, n_heads, n_rows, n_keys) * scaling
-    if not last_row:
-        last_visible = (n_keys - n_query + rows)[:, None, :, None]  # [batch, 1, row, 1]
-        hidden = torch.arange(n_keys, device=query.device) > last_visible
-        scores = scores.masked_fill(hidden, torch.finfo(scores.dtype).min)
-    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-
-
-def fused_attention(
-    module: torch.nn.Module,
-    query: Float[Tensor, "batch head query d_head"],
-    key: Float[Tensor, "batch kv_head key d_head"],
-    value: Float[Tensor, "batch kv_head key d_head"],
-    attention_mask: Tensor | None,
-    scaling: float | None = None,
-    **kwargs: Any,
-) -> tuple[Float[Tensor, "batch query head d_head"], None]:
-    """Stock sdpa attention; with a ``headscope_reader`` keyword, also read its rows."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    reader: RowReader | None = kwargs.pop(_READER_KWARG, None)
-    out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
-    if reader is not None:
-        reader.read(module.layer_idx, query, key, scaling if scaling is not None else query.shape[-1] ** -0.5)
-    return out, None
-
-
-def _register() -> None:
-    """Make ``"headscope_fused"`` a valid ``attn_implementation`` (idempotent)."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-
-    AttentionInterface.register(FUSED_ATTENTION, fused_attention)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(FUSED_ATTENTION, sdpa_mask)
 
 
 class FusedRoute:
@@ -140,8 +81,7 @@ class FusedRoute:
     """
 
     def __init__(self, model: Any) -> None:
-        _register()
-        self.twin = hf_twin(model, FUSED_ATTENTION)
+        self.twin = hf_twin(model)
         self.reader = RowReader(self.twin.config.num_hidden_layers)
         self.device = self.twin.device
         params = inspect.signature(self.twin.forward).parameters
@@ -166,7 +106,7 @@ class FusedRoute:
         """
         self.reader.rows, self.reader.needles = rows, needles
         keep = torch.unique(rows)  # sorted; logits are projected for these positions only
-        logits = self.twin(tokens, logits_to_keep=keep, use_cache=False, **{_READER_KWARG: self.reader}).logits
+        logits = self.twin(tokens, logits_to_keep=keep, use_cache=False, **{READER_KWARG: self.reader}).logits
         batch = torch.arange(rows.shape[0], device=rows.device)[:, None]
         return logits[batch, torch.searchsorted(keep, rows)], self.reader.take()
 
@@ -187,7 +127,7 @@ class FusedRoute:
         n_seen = 0
         for i in range(max_new_tokens):
             out = self.twin(
-                fed, logits_to_keep=1, use_cache=True, **{self._cache_kwarg: cache, _READER_KWARG: self.reader}
+                fed, logits_to_keep=1, use_cache=True, **{self._cache_kwarg: cache, READER_KWARG: self.reader}
             )
             n_seen += fed.shape[1]
             check_cache_length(n_seen, cache.get_seq_length())

@@ -3,11 +3,16 @@
 - ``"eager"``: the model's own forward; TransformerLens builds each layer's full pattern and a
   ``hook_pattern`` hook reads the scored rows (:class:`EagerRoute`). Works on every model kind.
 - ``"fused"``: sdpa attention in a Hugging Face twin of a bridge, computing only the scored rows
-  (:class:`~headscope.retrieval._fused.FusedRoute`). Bridges of Llama, Mistral and Qwen2/3
-  decoders without compatibility mode, and with no user hooks attached (the twin fires none of
-  the bridge's hooks, and a user's hook is never skipped silently).
+  (:class:`~headscope.retrieval._fused.FusedRoute`). Bridges of the architectures the fused route
+  covers, without compatibility mode, and with no hooks attached (the twin fires none of the
+  bridge's hooks, and a hook is never skipped silently). A knockout active on the bridge's fused
+  route acts in the twin too.
 - ``"auto"``: fused wherever it is available, eager otherwise. HookedTransformer and
   compatibility-mode bridges always stay eager.
+
+Inside a fused block that also attaches hooks (a patch entered on the fused route), neither route
+can read attention honestly: the twin would skip the patch's hooks and ``hook_pattern`` cannot fire
+on the fused route; detection then raises and says so.
 
 Both routes read rows with the same function and tie rule, so hit counts are equal.
 """
@@ -25,7 +30,7 @@ from torch import Tensor
 from headscope._types import Attention
 from headscope.errors import ConfigError, ModelError
 from headscope.hooks import attached
-from headscope.models._fused import fused_unsupported, user_hooks
+from headscope.models import fused_active, twin_unavailable
 from headscope.retrieval._decode import greedy_steps
 from headscope.retrieval._fused import FusedRoute
 from headscope.retrieval._top1 import RowReads, pattern_readers, take_reads
@@ -84,15 +89,7 @@ def choose_route(model: Any, attention: Attention, n_layers: int) -> EagerRoute 
     """The route ``attention`` asks for; ``"fused"`` raises :class:`ModelError` saying why it cannot run."""
     if attention not in ("fused", "eager", "auto"):
         raise ConfigError(f"attention must be 'fused', 'eager' or 'auto'; got {attention!r}")
-    if attention == "eager":
-        return EagerRoute(model, n_layers)
-    reason = fused_unsupported(model)
-    if reason is None and user_hooks(model):
-        hooked = user_hooks(model)
-        reason = (
-            f"hooks are attached to {', '.join(hooked[:3])}{' ...' if len(hooked) > 3 else ''}, and the fused route "
-            "fires none of the bridge's hooks"
-        )
+    reason = twin_unavailable(model) if attention != "eager" else "attention='eager' was asked for"
     if reason is None:
         try:
             return FusedRoute(model)
@@ -100,4 +97,10 @@ def choose_route(model: Any, attention: Attention, n_layers: int) -> EagerRoute 
             reason = str(err)
     if attention == "fused":
         raise ModelError(f"attention='fused' cannot run on this model: {reason}. Use attention='eager' (or 'auto').")
+    if fused_active(model):
+        raise ModelError(
+            f"this model's attention runs on the fused route right now (a knockout or patch entered with "
+            f"attention='auto' or 'fused'), where hook_pattern cannot fire, and the fused detection route is not "
+            f"available ({reason}). Enter the knockout or patch with attention='eager', or detect outside it"
+        )
     return EagerRoute(model, n_layers)

@@ -8,8 +8,13 @@ route (:mod:`headscope.retrieval._fused`) computes the same rows from post-rotar
 keys and reads them with the same :func:`read_rows`.
 
 **Tie rule** (both routes): a row's top-1 key is the *earliest* key among those holding the row's
-largest attention weight, the weight being the softmax in float32 cast back to the model's dtype,
-as TransformerLens and Hugging Face compute it. ``torch.argmax`` returns the first maximal index.
+largest attention weight. ``torch.argmax`` returns the first maximal index.
+
+**Precision.** Weights are read in float32. A float32 model's ``hook_pattern`` is that already. A
+bfloat16 or float16 model's pattern is the float32 softmax cast back to its dtype, whose coarse
+rounding makes close weights tie (and the earliest key, often BOS, would win): there the reader
+takes the layer's ``hook_attn_scores`` (which fires just before, with the model's mask and any
+score edit of a knockout in it), and reads the rows' float32 softmax of those scores instead.
 """
 
 from __future__ import annotations
@@ -87,22 +92,37 @@ def fit_needles(needles: Bool[Tensor, "batch pos"], n_keys: int) -> Bool[Tensor,
 def pattern_readers(
     n_layers: int, rows: Int[Tensor, "batch row"] | None, needles: Bool[Tensor, "batch pos"] | None
 ) -> tuple[list[tuple[str, HookFn]], list[RowReads | None]]:
-    """``hook_pattern`` hooks of every layer that read ``rows`` with :func:`read_rows`, and the store they fill.
+    """Hooks of every layer that read ``rows`` with :func:`read_rows`, and the store they fill.
 
     Built for one batch: the hooks close over its ``rows`` (``None`` reads the last query row,
     the one that predicts the next token, which is all a KV-cached decoding step has) and
-    ``needles`` (also record each row's attention mass on the needle). Each forward overwrites
-    the store; :func:`take_reads` stacks and clears it.
+    ``needles`` (also record each row's attention mass on the needle). ``hook_pattern`` reads;
+    ``hook_attn_scores`` keeps the rows' scores for it when the model computes below float32
+    (see the module docstring). Each forward overwrites the store; :func:`take_reads` stacks and
+    clears it.
     """
     store: list[RowReads | None] = [None] * n_layers
+    scores: list[Tensor | None] = [None] * n_layers
+
+    def keep_scores(layer: int) -> HookFn:
+        def keep_score_rows(act: Tensor, hook: Any) -> None:
+            if act.dtype not in (torch.float32, torch.float64):
+                scores[layer] = pick_rows(act.detach(), rows)
+
+        return keep_score_rows
 
     def reader(layer: int) -> HookFn:
         def read_pattern_rows(pattern: Tensor, hook: Any) -> None:
-            store[layer] = read_rows(pick_rows(pattern.detach(), rows), needles)
+            picked = pick_rows(pattern.detach(), rows)
+            kept, scores[layer] = scores[layer], None
+            if kept is not None and kept.shape == picked.shape:
+                picked = torch.nan_to_num(kept.float().softmax(-1), nan=0.0)
+            store[layer] = read_rows(picked, needles)
 
         return read_pattern_rows
 
-    return [(attn_hook(layer, "pattern"), reader(layer)) for layer in range(n_layers)], store
+    hooks = [(attn_hook(layer, "attn_scores"), keep_scores(layer)) for layer in range(n_layers)]
+    return [*hooks, *((attn_hook(layer, "pattern"), reader(layer)) for layer in range(n_layers))], store
 
 
 def take_reads(store: list[RowReads | None], why: str) -> RowReads:

@@ -12,8 +12,7 @@ from tqdm.auto import tqdm
 
 from headscope._types import Attention, Choice
 from headscope.errors import ConfigError, InputTypeError, ModelError
-from headscope.models import model_info
-from headscope.models._fused import fused_unsupported, hf_twin
+from headscope.models import hf_twin, model_info, twin_unavailable
 from headscope.tasks import EncodedSample
 from headscope.training._loss import Samples, answer_nll, prepare
 from headscope.training._result import FinetuneResult
@@ -154,13 +153,18 @@ def finetune(
 def _forward(model: Any, attention: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """``None`` (call the model) for ``"eager"``; for ``"fused"`` the logits of an sdpa twin sharing its weights.
 
-    ``"auto"`` is ``"fused"`` where the model has a twin and ``"eager"`` elsewhere.
+    ``"auto"`` is ``"fused"`` where a twin can stand in for the model (a fused-route architecture,
+    no hooks attached: an eager knockout's hooks must run) and ``"eager"`` elsewhere. The twin
+    honours a knockout active on the bridge's fused route.
     """
     if attention not in ("auto", "fused", "eager"):
         raise ConfigError(f"attention must be 'auto', 'fused' or 'eager'; got {attention!r}")
-    if attention == "eager" or (attention == "auto" and fused_unsupported(model) is not None):
+    reason = twin_unavailable(model) if attention != "eager" else "attention='eager'"
+    if reason is not None:
+        if attention == "fused":
+            raise ModelError(f"attention='fused' cannot train this model: {reason}. Use attention='auto'.")
         return None
-    twin = hf_twin(model, "sdpa")
+    twin = hf_twin(model)
     return lambda tokens: twin(tokens).logits
 
 
