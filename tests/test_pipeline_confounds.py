@@ -269,3 +269,26 @@ def test_six_variants_reproduce_only_with_a_small_exact_p_and_a_robust_question_
         noisy.append(tuple(row))
     line = _claim_three(_result_with(recalls, noisy))
     assert "NOT reproduced: resampling the questions within each variant gives an interval" in line
+
+
+# -- the paper command -------------------------------------------------------------------------------------------
+
+
+def test_paper_command_runs_the_preset_and_can_train_only_attention_weights(tmp_path, monkeypatch):
+    import headscope.pipeline
+    from headscope import HeadscopeError
+    from headscope.cli import main
+
+    seen = []
+
+    def stop(config, progress):  # record the config, then stop before any model loads
+        seen.append(config)
+        raise HeadscopeError("stopped by the test")
+
+    monkeypatch.setattr(headscope.pipeline, "run_pipeline", stop)
+    data = tmp_path / "rows.jsonl.gz"
+    data.write_bytes(b"")
+    assert main(["paper", "--data", str(data), "--out", str(tmp_path / "o")]) == 2
+    assert main(["paper", "--data", str(data), "--train", "attention_weights", "--out", str(tmp_path / "o")]) == 2
+    assert [c.train for c in seen] == ["all", "attention_weights"]
+    assert seen[0] == PipelineConfig.smollm2(data=str(data))

@@ -24,7 +24,7 @@ they do and do not show.
 fine-tuned on real Natural Questions multi-document QA (Lost in the Middle's rows, from
 ``../shared/data``) and on synthetic MDQA variants (:func:`~headscope.tasks.mdqa`), scored by
 generated exact match by gold-document position on held-out real questions. Training, generation
-and detection run on the fused (sdpa) route, which keeps the run within half an hour on 2 cores.
+and detection run on the fused (sdpa) route, which keeps the run to about 40 minutes on 2 cores.
 """
 
 from headscope.pipeline._config import REAL as REAL

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,11 +77,19 @@ def base_model(config: PipelineConfig, *, progress: bool = False) -> tuple[Any, 
 
 
 def finetune_variant(
-    base: Any, samples: Sequence[Sample | EncodedSample], config: PipelineConfig, *, progress: bool = False
+    base: Any,
+    samples: Sequence[Sample | EncodedSample],
+    config: PipelineConfig,
+    *,
+    progress: bool = False,
+    eval_fn: Callable[[Any, int], Mapping[str, float]] | None = None,
+    eval_every: int | None = None,
 ) -> tuple[Any, FinetuneResult]:
     """A copy of ``base`` fine-tuned on ``samples`` (``config.train`` parameters); ``base`` is left untouched.
 
     With ``config.attention == "fused"`` training runs through the fused (sdpa) twin of the copy.
+    ``eval_fn`` and ``eval_every`` go to :func:`~headscope.training.finetune` (e.g. to follow the
+    heads as training goes).
     """
     model = copy.deepcopy(base)
     run = finetune(
@@ -95,6 +103,8 @@ def finetune_variant(
         warmup=min(20, config.finetune_steps // 5),
         seed=config.seed,
         attention="fused" if config.attention == "fused" else "eager",
+        eval_fn=eval_fn,
+        eval_every=eval_every,
         progress=progress,
     )
     return model, run
