@@ -296,7 +296,8 @@ def _paper(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     preset = PipelineConfig.smollm2_smoke if args.smoke else PipelineConfig.smollm2
-    result = run_pipeline(preset(data=args.data, seed=args.seed), progress=True)
+    changes = {"train": args.train} if args.train else {}
+    result = run_pipeline(preset(data=args.data, seed=args.seed, **changes), progress=True)
     report = result.export(_out(args), title="Synthetic vs real MDQA on SmolLM2: retrieval heads")
     print(result.summary())
     print(result.benchmark())
@@ -472,6 +473,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="../shared/data/nq-open-oracle.jsonl.gz", help="Lost-in-the-Middle oracle file")
     p.add_argument("--seed", type=int, default=0, help="seed of data, training and random head sets")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument(
+        "--train",
+        choices=("all", "attention_weights"),
+        help="weights to fine-tune (default: the preset's, all; the seed paper trains attention_weights only)",
+    )
 
     p = command("compare", _compare, "compare two score files: recall, Jaccard overlap, rank correlation")
     p.add_argument("reference", help="scores.json of the reference model (e.g. real data)")

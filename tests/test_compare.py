@@ -160,7 +160,8 @@ def test_correlate_matches_scipy_and_hand_pearson():
         ((x - x.mean()) * (y - y.mean())).sum() / np.sqrt(((x - x.mean()) ** 2).sum() * ((y - y.mean()) ** 2).sum())
     )
     assert pearson.value == pytest.approx(hand, abs=1e-12)
-    assert pearson.p_value == pytest.approx(stats.pearsonr(x, y).pvalue)
+    assert pearson.p_asymptotic == pytest.approx(stats.pearsonr(x, y).pvalue)  # kept for reference
+    assert pearson.p_method == "monte-carlo-permutation"  # 12 points: see tests/test_correlation_exact.py
     spearman = correlate(x, y, n_boot=300)
     assert spearman.method == "spearman" and spearman.value == pytest.approx(_hand_spearman(x, y), abs=1e-12)
 

@@ -27,7 +27,7 @@ from headscope.training import finetune
 
 def _config(path, **changes):
     """The SmolLM2 preset on the tiny tokenizer's terms: no chat template, few samples."""
-    return PipelineConfig.smollm2(data=str(path), chat=False, n_eval=3, n_train=6, **changes)
+    return PipelineConfig.smollm2(data=str(path), chat=False, n_eval=3, n_train=6, n_analysis=None, **changes)
 
 
 def _gold_passages(path) -> dict[int, str]:

@@ -2,8 +2,9 @@
 
 Zhao, Yin and Durrett detect retrieval heads on models fine-tuned on synthetic and on real data,
 measure how many of the real-data heads the synthetic ones recover (:func:`recall`), and correlate
-that recall with each variant's downstream score (:func:`correlate`, Spearman with a bootstrap
-interval). :func:`head_set` cuts a set from a ``[layer, head]`` score map; :func:`rank_correlation`
+that recall with each variant's downstream score (:func:`correlate`: Spearman with an exact
+permutation p-value on few points and bootstrap intervals over points and over the questions
+behind each score). :func:`head_set` cuts a set from a ``[layer, head]`` score map; :func:`rank_correlation`
 compares two score maps over all heads.
 """
 

@@ -24,18 +24,22 @@ they do and do not show.
 fine-tuned on real Natural Questions multi-document QA (Lost in the Middle's rows, from
 ``../shared/data``) and on synthetic MDQA variants (:func:`~headscope.tasks.mdqa`), scored by
 generated exact match by gold-document position on held-out real questions. Training, generation
-and detection run on the fused (sdpa) route, which keeps the run within half an hour on 2 cores.
+and detection run on the fused (sdpa) route, which keeps the run to about 40 minutes on 2 cores.
 """
 
 from headscope.pipeline._config import REAL as REAL
 from headscope.pipeline._config import SYNTHETIC as SYNTHETIC
 from headscope.pipeline._config import PipelineConfig as PipelineConfig
 from headscope.pipeline._config import Variant as Variant
+from headscope.pipeline._data import ANSWER_CUE as ANSWER_CUE
+from headscope.pipeline._data import answer_format as answer_format
 from headscope.pipeline._data import generic_samples as generic_samples
 from headscope.pipeline._data import mdqa_samples as mdqa_samples
+from headscope.pipeline._data import split_evaluation as split_evaluation
 from headscope.pipeline._data import variant_samples as variant_samples
 from headscope.pipeline._result import PipelineResult as PipelineResult
 from headscope.pipeline._result import VariantResult as VariantResult
+from headscope.pipeline._run import ModelScore as ModelScore
 from headscope.pipeline._run import base_model as base_model
 from headscope.pipeline._run import finetune_variant as finetune_variant
 from headscope.pipeline._run import retrieval_heads as retrieval_heads
@@ -45,17 +49,21 @@ from headscope.pipeline._score import TaskScore as TaskScore
 from headscope.pipeline._score import answer_correct as answer_correct
 from headscope.pipeline._score import answer_logprob as answer_logprob
 from headscope.pipeline._score import generated_match as generated_match
+from headscope.pipeline._score import sample_scores as sample_scores
 from headscope.pipeline._score import task_score as task_score
 
 __all__ = [
+    "ANSWER_CUE",
     "REAL",
     "SYNTHETIC",
+    "ModelScore",
     "PipelineConfig",
     "PipelineResult",
     "TaskScore",
     "Variant",
     "VariantResult",
     "answer_correct",
+    "answer_format",
     "answer_logprob",
     "base_model",
     "finetune_variant",
@@ -64,7 +72,9 @@ __all__ = [
     "mdqa_samples",
     "retrieval_heads",
     "run_pipeline",
+    "sample_scores",
     "score_model",
+    "split_evaluation",
     "task_score",
     "variant_samples",
 ]

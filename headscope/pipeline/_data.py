@@ -11,10 +11,20 @@ from headscope.errors import ConfigError, TaskError
 from headscope.pipeline._config import PipelineConfig, Variant
 from headscope.tasks import Sample, mdqa, needle_sample, real_mdqa, shipped_corpus
 
-__all__ = ["check_held_out", "generic_samples", "mdqa_samples", "variant_samples"]
+__all__ = [
+    "ANSWER_CUE",
+    "answer_format",
+    "check_held_out",
+    "generic_samples",
+    "mdqa_samples",
+    "split_evaluation",
+    "variant_samples",
+]
 
 #: Seed offsets keeping training, evaluation and pre-training data apart.
 _TRAIN, _EVAL, _GENERIC = 1, 2, 3
+#: The cue every pipeline MDQA answer follows, real or synthetic (Liu et al.'s prompt ends with it).
+ANSWER_CUE = "Answer:"
 
 
 def variant_samples(
@@ -83,6 +93,10 @@ def generic_samples(tokenizer: Any, *, n: int, length: int, seed: int = 0) -> li
 def mdqa_samples(config: PipelineConfig, variant: Variant, tokenizer: Any, *, split: str) -> list[Sample]:
     """Multi-document QA samples of ``variant`` (``config.task == "mdqa"``), chat-wrapped when ``config.chat``.
 
+    Real and synthetic samples share one answer format (see :func:`answer_format`): the answer
+    follows the cue ``Answer:`` with its leading space, in the user's prompt or, with
+    ``config.chat``, at the start of the assistant's turn.
+
     ``"eval"`` (real variant only): ``config.n_eval`` real questions at each of
     ``config.gold_positions``, all distinct. ``"train"``: ``config.n_train`` samples with the gold
     document at a random position; the real ones exclude every evaluation question and passage
@@ -103,12 +117,12 @@ def mdqa_samples(config: PipelineConfig, variant: Variant, tokenizer: Any, *, sp
                 seed=seed + _EVAL * 100 + position,
                 exclude=held,
             )
-        return _chat(config, held, tokenizer)
+        return answer_format(config, held, tokenizer)
     evaluation = mdqa_samples(config, config.real, tokenizer, split="eval")
     real = real_mdqa(
         config.data, n_docs=config.n_docs, n_samples=config.n_train, seed=seed + _TRAIN, exclude=evaluation
     )
-    real = _chat(config, real, tokenizer)
+    real = answer_format(config, real, tokenizer)
     check_held_out(real, evaluation)
     if variant == config.real:
         return real
@@ -122,7 +136,7 @@ def mdqa_samples(config: PipelineConfig, variant: Variant, tokenizer: Any, *, sp
             n_samples=n,
             seed=seed + _TRAIN,
         )
-        return _chat(config, samples, tokenizer)
+        return answer_format(config, samples, tokenizer)
 
     def gap(n_docs: int) -> float:
         probe = build(n_docs, min(4, config.n_train))
@@ -136,15 +150,27 @@ def _length(sample: Sample, tokenizer: Any) -> int:
     return len(enc.input_ids) + len(enc.answer_ids)
 
 
-def _chat(config: PipelineConfig, samples: list[Sample], tokenizer: Any) -> list[Sample]:
-    """Chat-wrapped samples (when ``config.chat``); an answer without a lead-in opens the assistant's turn unspaced."""
-    if not config.chat:
-        return samples
+def answer_format(config: PipelineConfig, samples: list[Sample], tokenizer: Any) -> list[Sample]:
+    """Every MDQA sample, real or synthetic, in one answer format: ``Answer:`` then the answer with its leading space.
+
+    Real NQ rows have no lead-in, while synthetic ones carry their fact's ("The hometown of X
+    is"); training on both as they come would teach two formats, so the variants would differ in
+    format as well as in data. Both therefore answer after the same cue, Liu et al.'s own
+    ``Answer:``, which every prompt already ends with: a plain prompt stays as it is (no lead-in),
+    and a chat prompt moves the cue from the user's turn to the start of the assistant's
+    (``...<|im_start|>assistant\nAnswer: Paris``). The answer keeps its leading space, so its
+    first token is the token the documents hold (``" Paris"``, not ``"Paris"``): teacher-forced
+    scores, generation and the copy score of detection read one and the same answer.
+    """
     out = []
     for sample in samples:
-        if not sample.lead_in:
-            sample = replace(sample, answer=sample.answer.lstrip())
-        out.append(sample.with_chat_template(tokenizer))
+        sample = replace(sample, answer=" " + sample.answer.lstrip(), lead_in="")
+        if config.chat:
+            if not sample.prompt.endswith(f"\n{ANSWER_CUE}"):
+                raise TaskError(f"an MDQA prompt should end with {ANSWER_CUE!r}; got ...{sample.prompt[-40:]!r}")
+            question = replace(sample, prompt=sample.prompt.removesuffix(ANSWER_CUE).rstrip("\n"))
+            sample = question.with_chat_template(tokenizer, answer_prefix=ANSWER_CUE)
+        out.append(sample)
     return out
 
 
@@ -163,3 +189,39 @@ def check_held_out(train: Sequence[Sample], evaluation: Sequence[Sample]) -> Non
             body = text.split(") ", 1)[-1]  # drop the "Document [i](Title: ...)" header
             if body in shown:
                 raise TaskError(f"evaluation sample {i}'s gold passage appears in the training data: {body[:60]!r}...")
+
+
+def split_evaluation(samples: Sequence[Sample], n_analysis: int | None) -> tuple[list[int], list[int]]:
+    """Indices of the evaluation samples that choose heads (detection) and of the others, that test them (analysis).
+
+    Heads chosen on the samples that then measure their knockout or patching would be tested on
+    the very questions that made them look important, so the two parts are disjoint. Both are
+    balanced over ``meta["gold_position"]`` (samples without one form one group): ``n_analysis``
+    samples go to analysis, dealt over the positions in turn as evenly as the count allows (the
+    last samples of each position), and every position keeps at least one for detection.
+    ``n_analysis=None`` takes half of each position (rounded down).
+
+    >>> from headscope.tasks import Sample
+    >>> held = [Sample("q", " a", meta={"gold_position": p}) for p in (0, 0, 0, 2, 2, 2)]
+    >>> split_evaluation(held, 4)
+    ([0, 3], [1, 2, 4, 5])
+    >>> split_evaluation(held, None)
+    ([0, 1, 3, 4], [2, 5])
+    """
+    groups: dict[Any, list[int]] = {}
+    for i, sample in enumerate(samples):
+        groups.setdefault(sample.meta.get("gold_position"), []).append(i)
+    sizes = [len(g) for g in groups.values()]
+    if n_analysis is None:
+        share = [size // 2 for size in sizes]
+    else:
+        share = [n_analysis // len(groups) + (j < n_analysis % len(groups)) for j in range(len(groups))]
+    if not sum(share) or any(n >= size for n, size in zip(share, sizes, strict=True)):
+        raise ConfigError(
+            f"cannot split {len(samples)} evaluation samples into {n_analysis} for analysis and the rest for "
+            f"detection with every gold position on the detection side; samples per position: "
+            f"{dict(zip(groups, sizes, strict=True))}: use fewer analysis samples (n_analysis) or more "
+            f"evaluation samples (n_eval)"
+        )
+    analysis = sorted(i for g, n in zip(groups.values(), share, strict=True) for i in g[len(g) - n :])
+    return sorted(set(range(len(samples))) - set(analysis)), analysis

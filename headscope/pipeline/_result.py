@@ -18,6 +18,9 @@ from headscope.training import FinetuneResult
 
 __all__ = ["PipelineResult", "VariantResult"]
 
+#: VariantResult fields left out of the one-row-per-model frame (lists, not numbers).
+_PER_SAMPLE = ("heads", "by_position", "sample_accuracy", "sample_logprob")
+
 
 @dataclass(frozen=True)
 class VariantResult(Saved):
@@ -29,6 +32,9 @@ class VariantResult(Saved):
     ``accuracy`` is generated best-subspan exact match when the run generates (then ``logprob``
     is ``None`` and ``by_position`` holds ``(gold position, exact match)`` pairs), else the
     teacher-forced exact match. ``train_tokens`` is the mean length of its training samples.
+    ``sample_accuracy`` and ``sample_logprob`` are the per-sample values behind ``accuracy`` and
+    ``logprob``, in the order of the evaluation samples (empty where not measured, and in results
+    saved before they were recorded).
     """
 
     name: str
@@ -41,6 +47,8 @@ class VariantResult(Saved):
     jaccard: float | None
     by_position: tuple[tuple[int, float], ...] = ()
     train_tokens: float | None = None
+    sample_accuracy: tuple[float, ...] = ()
+    sample_logprob: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,12 @@ class PipelineResult:
     ``patching`` patches heads from the real model into ``patch_target`` (``None`` when the shared
     set is empty or is every head). ``seconds`` times each stage. ``base`` scores the untouched
     base model (``config.score_base``; its retrieval scores are ``scores["base"]``).
+
+    ``detection`` and ``analysis`` index the evaluation samples: every model's heads were detected
+    on the first, knockout and patching measured on the second (disjoint; see
+    :func:`~headscope.pipeline.split_evaluation`), and ``gold_positions`` gives each evaluation
+    sample's gold-document position (-1 for none). All three are empty in results saved before
+    the split was recorded.
     """
 
     config: PipelineConfig
@@ -71,6 +85,9 @@ class PipelineResult:
     seconds: dict[str, float]
     notes: tuple[str, ...] = ()
     base: VariantResult | None = None
+    detection: tuple[int, ...] = ()
+    analysis: tuple[int, ...] = ()
+    gold_positions: tuple[int, ...] = ()
 
     @property
     def real(self) -> VariantResult:
@@ -87,7 +104,7 @@ class PipelineResult:
 
         rows = [
             {
-                **{k: value for k, value in v.to_dict().items() if k not in ("heads", "by_position")},
+                **{k: value for k, value in v.to_dict().items() if k not in _PER_SAMPLE},
                 **{f"em_gold_{p}": em for p, em in v.by_position},
                 "n_heads": len(v.heads),
                 "heads": " ".join(map(str, as_heads(v.heads))),
@@ -221,6 +238,9 @@ class PipelineResult:
             "seconds": self.seconds,
             "notes": list(self.notes),
             "base": self.base.to_dict() if self.base is not None else None,
+            "detection": list(self.detection),
+            "analysis": list(self.analysis),
+            "gold_positions": list(self.gold_positions),
         }
         (root / "pipeline.json").write_text(json.dumps(meta, indent=1))
         return root
@@ -257,11 +277,14 @@ class PipelineResult:
             seconds=meta["seconds"],
             notes=tuple(meta["notes"]),
             base=base,
+            detection=tuple(meta.get("detection", ())),
+            analysis=tuple(meta.get("analysis", ())),
+            gold_positions=tuple(meta.get("gold_positions", ())),
         )
 
 
 def _describe(corr: Correlation, score: str) -> str:
     return (
-        f"Spearman ρ(recall, {score}) = {corr.value:.2f}, {corr.confidence:.0%} bootstrap CI "
-        f"[{corr.ci_low:.2f}, {corr.ci_high:.2f}], p = {corr.p_value:.2g}, n = {corr.n}"
+        f"Spearman ρ(recall, {score}) = {corr.value:.2f}, {corr.p_text()}, n = {corr.n}; "
+        f"{corr.confidence:.0%} bootstrap CI over variants [{corr.ci_low:.2f}, {corr.ci_high:.2f}]"
     )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -16,14 +17,22 @@ from headscope.heads import Head
 from headscope.models import load_folder, load_model, model_info, name_model, tiny_folder, tokenizer_of
 from headscope.patching import PatchingComparison, compare_patching
 from headscope.pipeline._config import PipelineConfig, Variant
-from headscope.pipeline._data import generic_samples, variant_samples
+from headscope.pipeline._data import generic_samples, split_evaluation, variant_samples
 from headscope.pipeline._result import PipelineResult, VariantResult
-from headscope.pipeline._score import answer_correct, answer_logprob, generated_match, task_score
+from headscope.pipeline._score import answer_correct, answer_logprob, generated_match, sample_scores
 from headscope.retrieval import RetrievalScores, detect_retrieval_heads
 from headscope.tasks import EncodedSample, Sample
 from headscope.training import FinetuneResult, finetune
 
-__all__ = ["base_model", "count_every_sample", "finetune_variant", "retrieval_heads", "run_pipeline", "score_model"]
+__all__ = [
+    "ModelScore",
+    "base_model",
+    "count_every_sample",
+    "finetune_variant",
+    "retrieval_heads",
+    "run_pipeline",
+    "score_model",
+]
 
 
 def count_every_sample(sample: Sample, output: str) -> bool:
@@ -68,11 +77,19 @@ def base_model(config: PipelineConfig, *, progress: bool = False) -> tuple[Any, 
 
 
 def finetune_variant(
-    base: Any, samples: Sequence[Sample | EncodedSample], config: PipelineConfig, *, progress: bool = False
+    base: Any,
+    samples: Sequence[Sample | EncodedSample],
+    config: PipelineConfig,
+    *,
+    progress: bool = False,
+    eval_fn: Callable[[Any, int], Mapping[str, float]] | None = None,
+    eval_every: int | None = None,
 ) -> tuple[Any, FinetuneResult]:
     """A copy of ``base`` fine-tuned on ``samples`` (``config.train`` parameters); ``base`` is left untouched.
 
     With ``config.attention == "fused"`` training runs through the fused (sdpa) twin of the copy.
+    ``eval_fn`` and ``eval_every`` go to :func:`~headscope.training.finetune` (e.g. to follow the
+    heads as training goes).
     """
     model = copy.deepcopy(base)
     run = finetune(
@@ -86,6 +103,8 @@ def finetune_variant(
         warmup=min(20, config.finetune_steps // 5),
         seed=config.seed,
         attention="fused" if config.attention == "fused" else "eager",
+        eval_fn=eval_fn,
+        eval_every=eval_every,
         progress=progress,
     )
     return model, run
@@ -109,15 +128,18 @@ def retrieval_heads(
 
 
 def _correlations(synthetic: Sequence[VariantResult], config: PipelineConfig) -> tuple[dict, list[str]]:
+    """Recall against each score across the synthetic variants (Spearman and Pearson), each with a
+    permutation p-value, a bootstrap over variants and a paired bootstrap over the evaluation samples."""
     corrs: dict[str, Correlation | None] = {}
     notes: list[str] = []
     recalls = [v.recall for v in synthetic]
     if None in recalls:
         return dict.fromkeys(("accuracy", "accuracy-pearson")), []
-    for key in ("accuracy", "logprob"):
+    for key, items in (("accuracy", "sample_accuracy"), ("logprob", "sample_logprob")):
         values = [getattr(v, key) for v in synthetic]
         if None in values:
             continue
+        per_sample = [getattr(v, items) for v in synthetic]
         for method, name in (("spearman", key), ("pearson", f"{key}-pearson")):
             try:
                 corrs[name] = correlate(
@@ -127,6 +149,7 @@ def _correlations(synthetic: Sequence[VariantResult], config: PipelineConfig) ->
                     n_boot=config.n_boot,
                     seed=config.seed,
                     labels=[v.name for v in synthetic],
+                    y_items=per_sample if all(per_sample) else None,
                 )
             except (ValueError, HeadscopeError) as err:
                 corrs[name] = None
@@ -185,22 +208,41 @@ def _patching(
     return cmp, None
 
 
-def score_model(
-    model: Any, samples: Sequence[Sample], config: PipelineConfig
-) -> tuple[float, float | None, tuple[tuple[int, float], ...]]:
+@dataclass(frozen=True)
+class ModelScore:
+    """One model on the evaluation samples: mean ``accuracy`` and ``logprob`` (``None`` when generated),
+    ``(gold position, accuracy)`` pairs, and the per-sample values behind the means, in sample order."""
+
+    accuracy: float
+    logprob: float | None
+    by_position: tuple[tuple[int, float], ...]
+    sample_accuracy: tuple[float, ...]
+    sample_logprob: tuple[float, ...]
+
+
+def score_model(model: Any, samples: Sequence[Sample], config: PipelineConfig) -> ModelScore:
     """Accuracy, answer log-probability and accuracy by gold position of ``model`` on ``samples``.
 
     ``config.new_tokens > 0``: generated best-subspan exact match (no log-probability, ``None``),
-    by ``meta["gold_position"]``; otherwise teacher-forced :func:`task_score` (no positions).
+    by ``meta["gold_position"]``; otherwise teacher-forced exact match and log-probability
+    (:func:`~headscope.pipeline.sample_scores`, no positions).
     """
     if config.new_tokens <= 0:
-        score = task_score(model, samples)
-        return score.accuracy, score.logprob, ()
+        pairs = sample_scores(model, samples)
+        accuracy, logprob = (tuple(v) for v in zip(*pairs, strict=True))
+        return ModelScore(sum(accuracy) / len(accuracy), sum(logprob) / len(logprob), (), accuracy, logprob)
     matches = generated_match(model, samples, max_new_tokens=config.new_tokens, attention=config.attention)
     by: dict[int, list[float]] = {}
     for sample, match in zip(samples, matches, strict=True):
-        by.setdefault(int(sample.meta.get("gold_position", -1)), []).append(match)
-    return sum(matches) / len(matches), None, tuple((p, sum(v) / len(v)) for p, v in sorted(by.items()))
+        by.setdefault(_position(sample), []).append(match)
+    by_position = tuple((p, sum(v) / len(v)) for p, v in sorted(by.items()))
+    return ModelScore(sum(matches) / len(matches), None, by_position, tuple(matches), ())
+
+
+def _position(sample: Sample) -> int:
+    """The sample's gold-document position, or -1 where it has none (needle samples)."""
+    position = sample.meta.get("gold_position")
+    return position if isinstance(position, int) else -1
 
 
 def _mean_tokens(model: Any, samples: Sequence[Sample]) -> float:
@@ -214,14 +256,16 @@ def run_pipeline(config: PipelineConfig, *, progress: bool = True) -> PipelineRe
 
     1. Build the base model (:func:`base_model`) and fine-tune a copy on the real data and on each
        synthetic variant (:func:`finetune_variant`).
-    2. Score each model (and the base, with ``config.score_base``) on held-out real samples
-       (:func:`score_model`) and detect its retrieval heads on them (:func:`retrieval_heads`);
-       recall = share of the real model's heads recovered.
+    2. Score each model (and the base, with ``config.score_base``) on every held-out real sample
+       (:func:`score_model`) and detect its retrieval heads on the detection part of them
+       (:func:`retrieval_heads`, :func:`~headscope.pipeline.split_evaluation`); recall = share of
+       the real model's heads recovered.
     3. Correlate recall with each score across the synthetic variants (Spearman and Pearson,
-       bootstrap CIs).
-    4. Knock out the real model's top heads against random heads (:func:`~headscope.ablation.knockout_curve`).
+       permutation p-values, bootstrap intervals over variants and over samples).
+    4. Knock out the real model's top heads against random heads on the analysis part
+       (:func:`~headscope.ablation.knockout_curve`).
     5. Patch the heads the real model shares with the patch target from real into target, against
-       the complement and random sets (:func:`~headscope.patching.compare_patching`).
+       the complement and random sets, on the analysis part (:func:`~headscope.patching.compare_patching`).
 
     ``result.seconds`` times each stage: ``pretrain`` (building or loading the base), ``data``,
     ``finetune``, ``score``, ``heads``, ``knockout``, ``patching``.
@@ -239,7 +283,9 @@ def run_pipeline(config: PipelineConfig, *, progress: bool = True) -> PipelineRe
     tok, n_ctx = tokenizer_of(base), model_info(base).n_ctx
     lap("pretrain")
     eval_samples = variant_samples(config, config.real, tok, split="eval", n_ctx=n_ctx)
-    analysis = eval_samples[: config.n_analysis] if config.n_analysis else eval_samples
+    detect_ids, analysis_ids = split_evaluation(eval_samples, config.n_analysis)
+    detection = [eval_samples[i] for i in detect_ids]
+    analysis = [eval_samples[i] for i in analysis_ids]
     lap("data")
     models: dict[str, Any] = {}
     training: dict[str, FinetuneResult] = {}
@@ -247,11 +293,11 @@ def run_pipeline(config: PipelineConfig, *, progress: bool = True) -> PipelineRe
     rows: list[dict[str, Any]] = []
     reference = None
     if config.score_base:
-        accuracy, logprob, by_position = score_model(base, eval_samples, config)
+        score = score_model(base, eval_samples, config)
         lap("score")
-        scores["base"], heads = retrieval_heads(base, eval_samples, config)
+        scores["base"], heads = retrieval_heads(base, detection, config)
         lap("heads")
-        reference = dict(name="base", accuracy=accuracy, logprob=logprob, by_position=by_position, heads=heads)
+        reference = dict(name="base", score=score, heads=heads, tokens=None)
     variants: list[Variant] = [config.real, *config.variants]
     for variant in tqdm(variants, desc="variants", disable=not progress):
         train = variant_samples(config, variant, tok, split="train", n_ctx=n_ctx)
@@ -259,15 +305,11 @@ def run_pipeline(config: PipelineConfig, *, progress: bool = True) -> PipelineRe
         lap("data")
         models[variant.name], training[variant.name] = finetune_variant(base, train, config)
         lap("finetune")
-        accuracy, logprob, by_position = score_model(models[variant.name], eval_samples, config)
+        score = score_model(models[variant.name], eval_samples, config)
         lap("score")
-        scores[variant.name], heads = retrieval_heads(models[variant.name], eval_samples, config)
+        scores[variant.name], heads = retrieval_heads(models[variant.name], detection, config)
         lap("heads")
-        rows.append(
-            dict(
-                variant=variant, accuracy=accuracy, logprob=logprob, by_position=by_position, heads=heads, tokens=tokens
-            )
-        )
+        rows.append(dict(variant=variant, score=score, heads=heads, tokens=tokens))
     real_heads = rows[0]["heads"]
     notes: list[str] = []
     if not real_heads:
@@ -276,38 +318,26 @@ def run_pipeline(config: PipelineConfig, *, progress: bool = True) -> PipelineRe
             "recall is undefined (None); train longer (finetune_steps), on more data (n_train) or with a higher lr"
         )
 
-    def overlap(heads: list[Head]) -> dict[str, float | None]:
-        return dict(
+    def result_of(row: dict[str, Any], name: str, needle: str, haystack: str) -> VariantResult:
+        score: ModelScore = row["score"]
+        heads: list[Head] = row["heads"]
+        return VariantResult(
+            name=name,
+            needle=needle,
+            haystack=haystack,
+            accuracy=score.accuracy,
+            logprob=score.logprob,
+            heads=tuple(heads),
             recall=recall(real_heads, heads) if real_heads else None,
             jaccard=jaccard(real_heads, heads) if real_heads or heads else None,
+            by_position=score.by_position,
+            train_tokens=row["tokens"],
+            sample_accuracy=score.sample_accuracy,
+            sample_logprob=score.sample_logprob,
         )
 
-    results = tuple(
-        VariantResult(
-            name=r["variant"].name,
-            needle=r["variant"].needle,
-            haystack=r["variant"].haystack,
-            accuracy=r["accuracy"],
-            logprob=r["logprob"],
-            heads=tuple(r["heads"]),
-            **overlap(r["heads"]),  # type: ignore[arg-type]
-            by_position=r["by_position"],
-            train_tokens=r["tokens"],
-        )
-        for r in rows
-    )
-    base_result = None
-    if reference is not None:
-        base_result = VariantResult(
-            name="base",
-            needle="-",
-            haystack="-",
-            accuracy=reference["accuracy"],
-            logprob=reference["logprob"],
-            heads=tuple(reference["heads"]),
-            **overlap(reference["heads"]),  # type: ignore[arg-type]
-            by_position=reference["by_position"],
-        )
+    results = tuple(result_of(r, r["variant"].name, r["variant"].needle, r["variant"].haystack) for r in rows)
+    base_result = result_of(reference, "base", "-", "-") if reference is not None else None
     correlations, corr_notes = _correlations(results[1:], config)
     notes += corr_notes
     knock, knock_notes = _knockout(models[config.real.name], scores[config.real.name], analysis, config)
@@ -332,4 +362,7 @@ def run_pipeline(config: PipelineConfig, *, progress: bool = True) -> PipelineRe
         seconds=seconds,
         notes=tuple(notes),
         base=base_result,
+        detection=tuple(detect_ids),
+        analysis=tuple(analysis_ids),
+        gold_positions=tuple(_position(s) for s in eval_samples),
     )

@@ -14,7 +14,7 @@ from headscope.models import hf_twin, tokenizer_of, twin_unavailable
 from headscope.tasks import Sample, subspan_match
 from headscope.tasks._forced import answer_logits
 
-__all__ = ["TaskScore", "answer_correct", "answer_logprob", "generated_match", "task_score"]
+__all__ = ["TaskScore", "answer_correct", "answer_logprob", "generated_match", "sample_scores", "task_score"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,23 @@ def answer_correct(model: Any, sample: Sample) -> float:
     return float(bool((logits.argmax(-1) == answer).all()))
 
 
+def sample_scores(model: Any, samples: Sequence[Sample]) -> list[tuple[float, float]]:
+    """Per sample, ``(exact match, answer log-probability)`` teacher-forced, from one forward pass each.
+
+    >>> from headscope import load_model
+    >>> [(em, lp < 0) for em, lp in sample_scores(load_model("tiny-llama"), [Sample("The key is", " 4712")])]
+    [(0.0, True)]
+    """
+    if not samples:
+        raise ConfigError("scoring needs at least one sample; got none")
+    out = []
+    for sample in samples:
+        logits, answer = _answer_logits(model, sample)
+        correct = float(bool((logits.argmax(-1) == answer).all()))
+        out.append((correct, float(logits.log_softmax(-1).gather(-1, answer[:, None]).sum())))
+    return out
+
+
 def task_score(model: Any, samples: Sequence[Sample]) -> TaskScore:
     """Exact-match accuracy and mean answer log-probability of ``model`` on ``samples``.
 
@@ -56,14 +73,8 @@ def task_score(model: Any, samples: Sequence[Sample]) -> TaskScore:
     >>> score.accuracy, score.logprob < 0, score.n
     (0.0, True, 1)
     """
-    if not samples:
-        raise ConfigError("task_score needs at least one sample")
-    correct, logprob = 0.0, 0.0
-    for sample in samples:
-        logits, answer = _answer_logits(model, sample)
-        correct += float(bool((logits.argmax(-1) == answer).all()))
-        logprob += float(logits.log_softmax(-1).gather(-1, answer[:, None]).sum())
-    return TaskScore(correct / len(samples), logprob / len(samples), len(samples))
+    pairs = sample_scores(model, samples)
+    return TaskScore(sum(c for c, _ in pairs) / len(pairs), sum(lp for _, lp in pairs) / len(pairs), len(pairs))
 
 
 def answer_logprob(model: Any, sample: Sample) -> float:

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from headscope.compare import Correlation
     from headscope.pipeline._result import PipelineResult
 
-__all__ = ["benchmark_line", "summarize"]
+__all__ = ["MIN_VARIANTS", "benchmark_line", "correlation_verdict", "summarize"]
 
 
 def _table(result: PipelineResult) -> list[str]:
@@ -32,22 +32,50 @@ def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
+#: The fewest variants a correlation verdict is given on (the smallest exact two-sided p for 4 points is 1/12).
+MIN_VARIANTS = 5
+
+
+def correlation_verdict(corr: Correlation) -> tuple[bool, str]:
+    """Whether a recall-score correlation supports "recall predicts score", and why (or why not).
+
+    Reproduced only with at least :data:`MIN_VARIANTS` variants, a permutation p-value below 0.05,
+    a positive correlation and, where per-sample scores were resampled, a bootstrap interval over
+    samples that excludes 0. Never on scipy's asymptotic p-value alone (results saved before
+    permutation p-values).
+    """
+    if corr.n < MIN_VARIANTS:
+        return False, (
+            f"NOT testable: n = {corr.n} variants; the smallest possible two-sided exact p is {corr.p_min_text()}, "
+            f"so no ordering of the variants could reach p < 0.05 (a verdict needs at least {MIN_VARIANTS})"
+        )
+    if not corr.significant:
+        why = "an asymptotic p-value from an old result" if corr.p_method == "asymptotic" else "not below 0.05"
+        return False, f"NOT reproduced: {corr.p_text()} is {why}"
+    if corr.value <= 0:
+        return False, f"NOT reproduced: the correlation is negative ({corr.value:+.2f})"
+    if corr.item_ci_low is not None and not corr.item_ci_low > 0:
+        return False, (
+            f"NOT reproduced: resampling the questions within each variant gives an interval "
+            f"[{corr.item_ci_low:+.2f}, {corr.item_ci_high:+.2f}] that includes 0"
+        )
+    return True, f"REPRODUCED ({corr.p_text()})"
+
+
 def _correlation(key: str, corr: Correlation | None) -> str:
     method = "Pearson" if key.endswith("-pearson") else "Spearman"
     key = key.removesuffix("-pearson")
     if corr is None:
         return f"{method}(recall, {key}): undefined (see notes)"
-    verdict = (
-        "the interval excludes 0"
-        if corr.ci_low > 0 or corr.ci_high < 0
-        else "the interval includes 0: no evidence either way"
-    )
-    if (corr.ci_low > 0 or corr.ci_high < 0) and corr.p_value >= 0.05:
-        verdict += f", but its p = {corr.p_value:.2g} is not below 0.05 (a percentile bootstrap "
-        verdict += f"over {corr.n} points is optimistic)"
+    intervals = f"{corr.confidence:.0%} bootstrap CI over variants [{corr.ci_low:+.2f}, {corr.ci_high:+.2f}]"
+    if corr.item_ci_low is not None:
+        intervals += (
+            f", over questions ({corr.item_resampling}, {corr.n_items[0]} per variant) "
+            f"[{corr.item_ci_low:+.2f}, {corr.item_ci_high:+.2f}]"
+        )
     return (
-        f"{corr.method.capitalize()}(recall, {key}) = {corr.value:+.2f}, {corr.confidence:.0%} bootstrap CI "
-        f"[{corr.ci_low:+.2f}, {corr.ci_high:+.2f}], p = {corr.p_value:.2g}, n = {corr.n} variants; {verdict}"
+        f"{corr.method.capitalize()}(recall, {key}) = {corr.value:+.2f}, {corr.p_text()}, n = {corr.n} variants; "
+        f"{intervals}; {correlation_verdict(corr)[1]}"
     )
 
 
@@ -97,6 +125,28 @@ def _patching(result: PipelineResult) -> list[str]:
     return lines
 
 
+def _split(result: PipelineResult) -> str:
+    """Which evaluation samples chose the heads and which tested them."""
+    if not result.analysis:
+        return (
+            "Samples: not recorded (a result saved before heads were chosen apart from the samples "
+            "that test them); accuracy is over every evaluation sample."
+        )
+
+    def count(ids: tuple[int, ...]) -> str:
+        positions = [result.gold_positions[i] for i in ids] if result.gold_positions else []
+        if not positions or set(positions) == {-1}:
+            return f"{len(ids)} samples"
+        per = ", ".join(f"{positions.count(p)} at gold {p}" for p in sorted(set(positions)))
+        return f"{len(ids)} samples ({per})"
+
+    n = len(result.detection) + len(result.analysis)
+    return (
+        f"Samples: accuracy over all {n} evaluation samples; retrieval heads chosen on {count(result.detection)}; "
+        f"knockout and patching measured on {count(result.analysis)}, none of which chose the heads."
+    )
+
+
 def _setup(result: PipelineResult) -> str:
     cfg = result.config
     if cfg.task == "mdqa":
@@ -110,7 +160,7 @@ def _setup(result: PipelineResult) -> str:
             f"({cfg.finetune_steps} steps of {cfg.batch_size}, {cfg.n_train} examples each, train={cfg.train!r}, "
             f"lr={cfg.lr:g}), scored by {scoring} on {cfg.n_eval} held-out real NQ questions at each gold position "
             f"{list(cfg.gold_positions)} of {cfg.n_docs} documents; head sets = top {cfg.top_k} heads with a positive "
-            f"retrieval score (span {cfg.span!r}); knockout and patching on {cfg.n_analysis or 'all'} of them."
+            f"retrieval score (span {cfg.span!r})."
         )
     return (
         f"Synthetic vs real: {cfg.n_variants} models fine-tuned from {cfg.base!r} "
@@ -140,10 +190,9 @@ def _claims(result: PipelineResult) -> list[str]:
     if corr is None:
         lines.append("  3. recall predicts score: NOT testable here (correlation undefined, see notes)")
     else:
-        excludes = corr.ci_low > 0
         lines.append(
-            f"  3. recall predicts score: Spearman {corr.value:+.2f} [{corr.ci_low:+.2f}, {corr.ci_high:+.2f}] over "
-            f"{corr.n} variants: {'REPRODUCED' if excludes else 'NOT reproduced (interval includes 0 or is negative)'}"
+            f"  3. recall predicts score: Spearman {corr.value:+.2f} over {corr.n} variants, {corr.p_text()}: "
+            f"{correlation_verdict(corr)[1]}"
         )
     curve = result.knockout
     if curve is None:
@@ -179,6 +228,8 @@ def summarize(result: PipelineResult) -> str:
         "",
         *_table(result),
         "",
+        _split(result),
+        "",
         *[_correlation(k, result.correlations.get(k)) for k in keys],
         "",
         *_knockout(result),
@@ -187,8 +238,6 @@ def summarize(result: PipelineResult) -> str:
         "",
         *_claims(result),
     ]
-    if result.correlations.get("accuracy") is not None and result.correlations["accuracy"].n < 8:
-        lines += ["", f"Caution: {result.correlations['accuracy'].n} variants make a very wide interval by nature."]
     if result.notes:
         lines += ["", "Notes:", *[f"  - {n}" for n in result.notes]]
     lines += ["", "Time: " + ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())]
@@ -200,12 +249,13 @@ def benchmark_line(result: PipelineResult) -> str:
     cfg, sec = result.config, result.seconds
     n_models = len(result.models)
     n_eval = len(cfg.gold_positions) * cfg.n_eval if cfg.task == "mdqa" else cfg.n_eval
-    n_analysis = min(cfg.n_analysis or n_eval, n_eval)
+    n_analysis = len(result.analysis) or min(cfg.n_analysis or n_eval, n_eval)
+    n_detect = len(result.detection) or n_eval
     steps = cfg.n_variants * cfg.finetune_steps
     units = {
         "finetune": (steps, "step"),
         "score": (n_models * n_eval, "generation" if cfg.new_tokens > 0 else "forward"),
-        "heads": (n_models * n_eval, "forward"),
+        "heads": (n_models * n_detect, "forward"),
         "knockout": (n_analysis * (1 + len(cfg.knockout_ks) * (1 + len(cfg.knockout_seeds))), "scored sample"),
         "patching": (n_analysis * (5 + cfg.n_random), "forward"),
     }

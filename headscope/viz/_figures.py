@@ -192,7 +192,8 @@ def recall_scatter(
 
     ``recalls[i]`` and ``scores[i]`` describe variant ``labels[i]`` (e.g. ``"symbolic needle"``).
     ``fit=True`` adds the least-squares line ``score = slope * recall + intercept``. The title
-    ends with Spearman's ρ and Pearson's r (with p-values) computed here, unless
+    ends with Spearman's ρ and Pearson's r (with two-sided permutation p-values, exact up to 8
+    points) computed here, unless
     ``correlation`` gives the text to show instead (e.g. ``str`` of a ``Correlation`` result).
 
     >>> fig = recall_scatter([0.2, 0.5, 0.9], [0.3, 0.4, 0.8], ["a", "b", "c"])
@@ -252,8 +253,9 @@ def correlation_figure(
 ) -> Any:
     """A :class:`~headscope.compare.Correlation`'s points with a least-squares line; the title gives its estimate.
 
-    The scatter is :func:`recall_scatter`'s; the title states the estimate, its bootstrap interval,
-    p-value and ``n`` as the correlation measured them (nothing is recomputed).
+    The scatter is :func:`recall_scatter`'s; the title states the estimate, its bootstrap interval
+    over points, its p-value (with how it was computed) and ``n`` as the correlation measured them
+    (nothing is recomputed).
 
     >>> from headscope.compare import correlate
     >>> r = correlate([0.2, 0.4, 0.5, 0.9], [1.0, 3.0, 2.0, 4.0], labels=["a", "b", "c", "d"], n_boot=50)
@@ -262,8 +264,8 @@ def correlation_figure(
     (['a', 'b', 'c', 'd'], True)
     """
     c = correlation
-    interval = f"[{c.ci_low:.3f}, {c.ci_high:.3f}] ({c.confidence:.0%} CI)"
-    summary = f"{c.method} {c.value:.3f} {interval}, p={c.p_value:.3g}, n={c.n}"
+    interval = f"[{c.ci_low:.3f}, {c.ci_high:.3f}] ({c.confidence:.0%} CI over points)"
+    summary = f"{c.method} {c.value:.3f} {interval}, {c.p_text()}, n={c.n}"
     return recall_scatter(c.x, c.y, c.labels, correlation=summary, title=title, x_title=x_title, y_title=y_title)
 
 
@@ -367,13 +369,15 @@ def _least_squares(x: np.ndarray, y: np.ndarray) -> tuple[float, float] | None:
 
 
 def _correlation_text(x: np.ndarray, y: np.ndarray) -> str:
-    from scipy import stats
+    from headscope.compare._permutation import permutation_test, row_correlation
 
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return f"n = {len(x)}: too few distinct points for a correlation"
-    rho, p_rho = stats.spearmanr(x, y)
-    r, p_r = stats.pearsonr(x, y)
-    return f"Spearman ρ = {rho:.2f} ({_p(p_rho)}), Pearson r = {r:.2f} ({_p(p_r)}), n = {len(x)}"
+    parts = []
+    for name, method in (("Spearman ρ", "spearman"), ("Pearson r", "pearson")):
+        p = permutation_test(x, y, method).p_value
+        parts.append(f"{name} = {float(row_correlation(x, y, method)):.2f} ({_p(p)})")
+    return ", ".join(parts) + f", n = {len(x)}; permutation p-values"
 
 
 def _p(p: float) -> str:
