@@ -180,7 +180,10 @@ def test_edge_knockout_runs_from_the_command_line(tmp_path, capsys):
     assert json.loads((out / "knockout.json").read_text())["positions"] == "answer"
     assert main([*args, "--mode", "edge", "--span", "nowhere", "--out", str(out)]) == 2
     last = capsys.readouterr().err.split("\n")[-2]  # after the progress bars: the error, on one line
-    assert last == "headscope: error: sample has no 'nowhere' span; it has ['answer', 'needle']"
+    assert last == (
+        "headscope: error: --span 'nowhere': the needle task's samples have no 'nowhere' span; "
+        "they have ['answer', 'needle']"
+    )
 
 
 def test_every_error_is_one_line_with_exit_code_2(monkeypatch, capsys):
