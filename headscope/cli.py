@@ -5,7 +5,9 @@ al.'s ``head_score`` format for scores), CSV, and a self-contained HTML report w
 ``headscope main`` is the README's main job: Wu et al.'s setting on the bundled SmolLM2. Greedy
 decoding on the fused attention route over a needle grid of 1k to 8k tokens and five depths; the
 gold answer is the whole needle sentence, and a sample counts when its ROUGE-1 recall is above 0.5
-and the output says the needle's value (a copied sentence with the wrong value recalls most words too).
+and the output names the needle's value as a whole word (a copied sentence with the wrong value
+recalls most words too). Every subcommand judges answers by this one rule
+(:data:`headscope.retrieval.DEFAULT_SUCCESS`), ``knockout --metric generation`` included.
 """
 
 from __future__ import annotations
@@ -164,7 +166,7 @@ def _report(out: Path, title: str, sections: Sequence[Any]) -> None:
 
 
 def _detect(args: argparse.Namespace) -> int:
-    from headscope.retrieval import RETRIEVAL_THRESHOLD, RougeRecall, SuccessLog, detect_retrieval_heads
+    from headscope.retrieval import DEFAULT_SUCCESS, RETRIEVAL_THRESHOLD, SuccessLog, detect_retrieval_heads
 
     start = time.perf_counter()
     _check_out(args)
@@ -175,8 +177,7 @@ def _detect(args: argparse.Namespace) -> int:
     model = _load_model(args.model, args.kind, args.weights)
     samples = _samples(args, model, built)
     print(f"{args.model}: {len(samples)} {args.task} samples, {args.mode} detection ({args.attention})", flush=True)
-    # A copied sentence with the wrong value still recalls most of its words: ask for the value too.
-    log = SuccessLog(RougeRecall(0.5, require_value=args.answer == "sentence"))
+    log = SuccessLog(DEFAULT_SUCCESS)
     scores = detect_retrieval_heads(
         model,
         samples,

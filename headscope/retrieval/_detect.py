@@ -8,8 +8,8 @@ only samples the model answered count, and a head's retrieval score is the mean 
 
 ``mode="generation"`` is Wu et al.'s procedure: prefill, then greedy decoding with a KV cache,
 up to ``max_new_tokens`` or a stop token; the produced token is the model's own, and a sample
-counts when ``success(sample, generated_text)`` holds (default: ROUGE-1 recall of the gold
-answer above 0.5).
+counts when ``success(sample, generated_text)`` holds (default :data:`DEFAULT_SUCCESS`: ROUGE-1
+recall of the gold answer above 0.5, and the sample's value, when it has one, named as a word).
 
 ``mode="teacher_forced"`` (the fast default) runs one forward over prompt + gold answer. The
 token produced at answer position ``t`` is the gold token ``t``, read on the row of the token
@@ -45,7 +45,7 @@ from headscope.errors import ConfigError
 from headscope.models import model_info, tokenizer_of
 from headscope.retrieval._fused import FusedRoute
 from headscope.retrieval._prepare import Prepared, prepare
-from headscope.retrieval._rouge import RougeRecall
+from headscope.retrieval._rouge import DEFAULT_SUCCESS, RougeRecall
 from headscope.retrieval._routes import Attention, EagerRoute, choose_route
 from headscope.retrieval._scores import RetrievalScores, Score
 from headscope.retrieval._top1 import count_hits, needle_mask
@@ -91,7 +91,8 @@ def detect_retrieval_heads(
     - ``max_new_tokens``, ``stop_ids``: generation only; ``stop_ids`` defaults to the
       tokenizer's EOS token.
     - ``success``: ``success(sample, output_text) -> bool`` decides which samples count;
-      default ``RougeRecall(0.5)``.
+      default :data:`~headscope.retrieval.DEFAULT_SUCCESS` (ROUGE-1 recall above 0.5 and
+      ``meta["value"]``, where a sample has one, named as a whole word).
     - ``batch_size``: teacher-forced only; samples are right-padded, so every scored query row
       sees only real tokens under the causal mask and keeps its positions, on every model kind.
       Generation decodes one sample at a time (samples stop at different steps, and on CPU a
@@ -122,7 +123,7 @@ def detect_retrieval_heads(
         raise ConfigError(f"batch_size and max_new_tokens must be >= 1; got {batch_size} and {max_new_tokens}")
     info = model_info(model)
     tokenizer = tokenizer_of(model)
-    success = success if success is not None else RougeRecall(0.5)
+    success = success if success is not None else DEFAULT_SUCCESS
     generation = mode == "generation"
     prepared = prepare(samples, tokenizer, info, span=span, extra_tokens=max_new_tokens - 1 if generation else None)
     settings: dict[str, Any] = {"span": span, "success": _describe(success)}
