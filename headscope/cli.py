@@ -184,6 +184,7 @@ def _detect(args: argparse.Namespace) -> int:
         mode=args.mode,
         attention=args.attention,
         span=args.span,
+        match=args.match,
         max_new_tokens=args.max_new_tokens,
         success=log,
     )
@@ -479,6 +480,13 @@ def build_parser() -> argparse.ArgumentParser:
             "(fused where available) (default: %(default)s)",
         )
         p.add_argument("--span", default="needle", help="span to copy from: needle, or answer for QA tasks")
+        p.add_argument(
+            "--match",
+            choices=("text", "id"),
+            default="text",
+            help="when the produced token is the prompt token a head looks at: same token text, so ' Paris' in a "
+            "document and 'Paris' in the answer match, or same token id, as Wu et al. (default: %(default)s)",
+        )
         p.add_argument("--max-new-tokens", type=int, default=32, help="generation mode: tokens to decode")
         p.add_argument("--top", type=int, default=10, help="how many top heads to print (default: %(default)s)")
         if name == "main":  # Wu et al.'s setting: decode, copy the whole needle sentence, lengths up to 8k
