@@ -60,7 +60,7 @@ class TokenMatch:
             classes = [first.setdefault(_text(s), i) if s is not None else i for i, s in enumerate(strings)]
             self._table = torch.tensor(classes, dtype=torch.long)
 
-    def __call__(self, ids: Int[Tensor, "*shape"]) -> Int[Tensor, "*shape"]:
+    def __call__(self, ids: Int[Tensor, "..."]) -> Int[Tensor, "..."]:
         if self._table is None:
             return ids
         if self._table.device != ids.device:
