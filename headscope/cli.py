@@ -5,7 +5,9 @@ al.'s ``head_score`` format for scores), CSV, and a self-contained HTML report w
 ``headscope main`` is the README's main job: Wu et al.'s setting on the bundled SmolLM2. Greedy
 decoding on the fused attention route over a needle grid of 1k to 8k tokens and five depths; the
 gold answer is the whole needle sentence, and a sample counts when its ROUGE-1 recall is above 0.5
-and the output says the needle's value (a copied sentence with the wrong value recalls most words too).
+and the output names the needle's value as a whole word (a copied sentence with the wrong value
+recalls most words too). Every subcommand judges answers by this one rule
+(:data:`headscope.retrieval.DEFAULT_SUCCESS`), ``knockout --metric generation`` included.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ HAYSTACKS = ("diverse", "templated", "symbolic")
 #: ``headscope main``'s context lengths: up to SmolLM2's 8,192 tokens, less room for the chat
 #: template, the question and the decoded answer.
 MAIN_LENGTHS = (1000, 2000, 4000, 7900)
+#: The span labels of the command line's needle samples (one needle each). Needle samples are cut
+#: to token lengths, so they are built after the model's tokenizer loads; ``--span`` is checked
+#: against these labels before that.
+NEEDLE_SPANS = ("answer", "needle")
 
 
 def _load_model(
@@ -42,16 +48,22 @@ def _load_model(
     return model
 
 
-def _samples(args: argparse.Namespace, model: Any) -> list[Any]:
-    from headscope import tasks
-    from headscope.models import model_info
+def _check_task(args: argparse.Namespace, span: str | None) -> list[Any] | None:
+    """Check the task options before any model loads, and build the samples that need no tokenizer.
 
-    tokenizer = model.tokenizer
-    common = dict(needle=args.needle, haystack=args.haystack, n_samples=args.n_samples, seed=args.seed)
+    Every task but the needle is built here, by its builder, which checks its own options. Needle
+    samples wait for the model's tokenizer (their contexts are cut to token lengths): their lengths
+    and depths are checked here. ``span`` (if given) must label every sample.
+    """
+    from headscope import tasks
+    from headscope.tasks._needle import _check as check_needle
+
+    _at_least(1, n_samples=args.n_samples)
     if args.task == "needle":
-        samples = tasks.needle_grid(
-            tokenizer, args.lengths, args.depths, answer=args.answer, n_ctx=model_info(model).n_ctx, **common
-        )
+        for length in args.lengths:
+            for depth in args.depths:
+                check_needle(length, depth, 1, None, args.answer)
+        built, labels = None, [list(NEEDLE_SPANS)]
     else:
         builder = {
             "mdqa": tasks.mdqa,
@@ -60,7 +72,27 @@ def _samples(args: argparse.Namespace, model: Any) -> list[Any]:
             "citation": tasks.citation,
         }[args.task]
         size = {"n_pairs" if args.task == "kv" else "n_docs": args.n_docs}
-        samples = builder(**size, **common)
+        built = builder(**size, needle=args.needle, haystack=args.haystack, n_samples=args.n_samples, seed=args.seed)
+        labels = [s.labels() for s in built]
+    if span is not None and any(span not in these for these in labels):
+        have = sorted({label for these in labels for label in these})
+        raise ConfigError(f"--span {span!r}: the {args.task} task's samples have no {span!r} span; they have {have}")
+    return built
+
+
+def _samples(args: argparse.Namespace, model: Any, built: list[Any] | None) -> list[Any]:
+    """The task's samples for ``model``: ``built`` (from :func:`_check_task`) or the needle grid, chat-wrapped."""
+    from headscope import tasks
+    from headscope.models import model_info
+
+    tokenizer = model.tokenizer
+    if built is None:
+        common = dict(needle=args.needle, haystack=args.haystack, n_samples=args.n_samples, seed=args.seed)
+        samples = tasks.needle_grid(
+            tokenizer, args.lengths, args.depths, answer=args.answer, n_ctx=model_info(model).n_ctx, **common
+        )
+    else:
+        samples = built
     if args.chat and getattr(tokenizer, "chat_template", None):
         prefix = None if args.answer_prefix == "none" else args.answer_prefix
         samples = [s.with_chat_template(tokenizer, answer_prefix=prefix) for s in samples]
@@ -73,6 +105,54 @@ def _out(args: argparse.Namespace) -> Path:
     return out
 
 
+def _at_least(bound: int, **values: int | Sequence[int]) -> None:
+    """Raise a ConfigError naming the option (``n_samples`` is ``--n-samples``) whose value is below ``bound``."""
+    for name, value in values.items():
+        low = [v for v in ([value] if isinstance(value, int) else value) if v < bound]
+        if low:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least {bound}; got {low[0]}")
+
+
+def _check_out(args: argparse.Namespace) -> None:
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out!r} is a file; give a folder (it is created if missing)")
+
+
+def _check_weights(path: str | None, option: str, kind: str) -> None:
+    """A ``--weights`` file must be one :func:`~headscope.training.save_weights` wrote for this ``--kind``."""
+    if path is None:
+        return
+    from safetensors import SafetensorError, safe_open
+
+    from headscope.training._weights import _FORMAT
+
+    if not Path(path).is_file():
+        raise ConfigError(f"{option}: no file at {path!r}; give a file written by headscope.training.save_weights")
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as error:
+        raise ConfigError(
+            f"{option} {path!r} is not a safetensors file written by headscope.training.save_weights ({error})"
+        ) from None
+    if meta.get("format") != _FORMAT:
+        raise ConfigError(f"{option} {path!r} was not written by headscope.training.save_weights")
+    if meta.get("kind") not in (None, kind):
+        raise ConfigError(
+            f"{option} {path!r} holds weights of a {meta['kind']} model, but --kind is {kind}; "
+            f"pass --kind {meta['kind']}"
+        )
+
+
+def _read_scores(path: str, option: str) -> Any:
+    """The RetrievalScores in ``path`` (read before any model loads)."""
+    from headscope.retrieval import RetrievalScores
+
+    if not Path(path).is_file():
+        raise ConfigError(f"{option}: no file at {path!r}; give a scores.json written by `headscope detect`")
+    return RetrievalScores.load(path)
+
+
 def _report(out: Path, title: str, sections: Sequence[Any]) -> None:
     """``report.html`` in ``out``: the sections as :func:`~headscope.viz.save_report` takes them."""
     from headscope.viz import save_report
@@ -81,20 +161,25 @@ def _report(out: Path, title: str, sections: Sequence[Any]) -> None:
 
 
 def _detect(args: argparse.Namespace) -> int:
-    from headscope.retrieval import RETRIEVAL_THRESHOLD, RougeRecall, SuccessLog, detect_retrieval_heads
+    from headscope.retrieval import DEFAULT_SUCCESS, RETRIEVAL_THRESHOLD, SuccessLog, detect_retrieval_heads
 
     start = time.perf_counter()
+    _check_out(args)
+    _at_least(1, max_new_tokens=args.max_new_tokens)
+    _at_least(0, top=args.top)
+    _check_weights(args.weights, "--weights", args.kind)
+    built = _check_task(args, args.span)
     model = _load_model(args.model, args.kind, args.weights, device=args.device, dtype=args.dtype)
-    samples = _samples(args, model)
+    samples = _samples(args, model, built)
     print(f"{args.model}: {len(samples)} {args.task} samples, {args.mode} detection ({args.attention})", flush=True)
-    # A copied sentence with the wrong value still recalls most of its words: ask for the value too.
-    log = SuccessLog(RougeRecall(0.5, require_value=args.answer == "sentence"))
+    log = SuccessLog(DEFAULT_SUCCESS)
     scores = detect_retrieval_heads(
         model,
         samples,
         mode=args.mode,
         attention=args.attention,
         span=args.span,
+        match=args.match,
         max_new_tokens=args.max_new_tokens,
         success=log,
     )
@@ -165,23 +250,26 @@ def _detect_report(out: Path, model: str, scores: Any, outcomes: Any, attention:
 def _knockout(args: argparse.Namespace) -> int:
     from headscope.ablation import knockout_curve
     from headscope.evaluate import answer_accuracy, retrieval_success
-    from headscope.retrieval import RetrievalScores
 
-    model = _load_model(args.model, args.kind, args.weights, device=args.device, dtype=args.dtype)
-    samples = _samples(args, model)
-    ranking = [head for head, _ in RetrievalScores.load(args.scores).above(0.0)]
+    _check_out(args)
+    _at_least(1, ks=args.ks)
+    ranking = [head for head, _ in _read_scores(args.scores, "--scores").above(0.0)]
     ks = [k for k in args.ks if k <= len(ranking)]
     if not ks:
         raise ConfigError(
             f"{args.scores} has {len(ranking)} heads with a positive score, fewer than every k in --ks {args.ks}; "
             "zero-score heads are never ranked: give smaller --ks or detect on more samples"
         )
+    _check_weights(args.weights, "--weights", args.kind)
+    built = _check_task(args, args.span if args.mode == "edge" else None)
     if len(ks) < len(args.ks):
         print(
             f"warning: only {len(ranking)} heads have a positive score; skipping k = "
             f"{', '.join(str(k) for k in args.ks if k > len(ranking))}",
             file=sys.stderr,
         )
+    model = _load_model(args.model, args.kind, args.weights, device=args.device, dtype=args.dtype)
+    samples = _samples(args, model, built)
     score_fn = answer_accuracy if args.metric == "teacher_forced" else retrieval_success
     curve = knockout_curve(
         model,
@@ -208,16 +296,20 @@ def _knockout(args: argparse.Namespace) -> int:
 def _patch(args: argparse.Namespace) -> int:
     from headscope.compare import head_set
     from headscope.patching import compare_patching
-    from headscope.retrieval import RetrievalScores
 
-    source = _load_model(args.source, args.kind, args.source_weights, device=args.device, dtype=args.dtype)
-    target = _load_model(args.target, args.kind, args.target_weights, device=args.device, dtype=args.dtype)
+    _check_out(args)
+    _at_least(0, n_random=args.n_random)
     sets = [
-        head_set(RetrievalScores.load(path).scores, top_k=args.top_k)
-        for path in (args.source_scores, args.target_scores)
+        head_set(_read_scores(path, option).scores, top_k=args.top_k)
+        for path, option in ((args.source_scores, "--source-scores"), (args.target_scores, "--target-scores"))
     ]
     shared = set(sets[0]) & set(sets[1])
-    samples = _samples(args, target)
+    _check_weights(args.source_weights, "--source-weights", args.kind)
+    _check_weights(args.target_weights, "--target-weights", args.kind)
+    built = _check_task(args, None)
+    source = _load_model(args.source, args.kind, args.source_weights, device=args.device, dtype=args.dtype)
+    target = _load_model(args.target, args.kind, args.target_weights, device=args.device, dtype=args.dtype)
+    samples = _samples(args, target, built)
     encoded = [s.encode(target.tokenizer) for s in samples]
     result = compare_patching(target, source, encoded, sorted(shared), n_random=args.n_random, seed=args.seed)
     out = _out(args)
@@ -239,10 +331,10 @@ def _patch(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from headscope.compare import head_set, jaccard, rank_correlation, recall
     from headscope.heads import HeadSet
-    from headscope.retrieval import RetrievalScores
     from headscope.viz import recall_scatter
 
-    reference, candidate = RetrievalScores.load(args.reference), RetrievalScores.load(args.candidate)
+    _check_out(args)
+    reference, candidate = _read_scores(args.reference, "reference"), _read_scores(args.candidate, "candidate")
     cut = dict(top_k=args.top_k) if args.threshold is None else dict(threshold=args.threshold)
     ref_set, cand_set = (HeadSet(tuple(head_set(s.scores, **cut)), s.shape) for s in (reference, candidate))
     ranks = rank_correlation(reference.scores, candidate.scores, top_k=min(args.top_k, reference.scores.numel()))
@@ -288,6 +380,8 @@ def _paper(args: argparse.Namespace) -> int:
 
     from headscope.pipeline import PipelineConfig, run_pipeline
 
+    _check_out(args)
+    _at_least(0, threads=args.threads)
     if not Path(args.data).is_file():  # checked before the model loads
         raise ConfigError(
             f"headscope paper needs Lost in the Middle's multi-document QA rows (nq-open-oracle.jsonl.gz); "
@@ -414,6 +508,13 @@ def build_parser() -> argparse.ArgumentParser:
             "(fused where available) (default: %(default)s)",
         )
         p.add_argument("--span", default="needle", help="span to copy from: needle, or answer for QA tasks")
+        p.add_argument(
+            "--match",
+            choices=("text", "id"),
+            default="text",
+            help="when the produced token is the prompt token a head looks at: same token text, so ' Paris' in a "
+            "document and 'Paris' in the answer match, or same token id, as Wu et al. (default: %(default)s)",
+        )
         p.add_argument("--max-new-tokens", type=int, default=32, help="generation mode: tokens to decode")
         p.add_argument("--top", type=int, default=10, help="how many top heads to print (default: %(default)s)")
         if name == "main":  # Wu et al.'s setting: decode, copy the whole needle sentence, lengths up to 8k

@@ -37,10 +37,12 @@ def generate_answer(model: Any, sample: Sample, *, max_new_tokens: int = 32) -> 
 
 
 def retrieval_success(model: Any, sample: Sample, *, threshold: float = 0.5, max_new_tokens: int = 32) -> float:
-    """1.0 when the ROUGE-1 recall of the gold answer in the greedy answer exceeds ``threshold``, else 0.0.
+    """1.0 when the greedy answer passes headscope's success rule, else 0.0.
 
-    Wu et al.'s criterion for "the model retrieved the needle": the same rule
-    (:class:`~headscope.retrieval.RougeRecall`) that decides which samples detection counts.
+    The rule (:data:`~headscope.retrieval.DEFAULT_SUCCESS` at ``threshold=0.5``) is the one that
+    decides which samples detection counts: Wu et al.'s ROUGE-1 recall of the gold answer above
+    ``threshold``, and, for a sample that knows its value (``meta["value"]``), the value named as
+    a whole word, so a copied sentence with the wrong value scores 0.
     """
     answer = generate_answer(model, sample, max_new_tokens=max_new_tokens)
     return float(RougeRecall(threshold)(sample, answer))

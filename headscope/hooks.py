@@ -42,6 +42,9 @@ def block_hook(layer: int, site: str) -> str:
 def _hook_points(model: Any, names: Iterable[str]) -> dict[str, Any]:
     points = getattr(model, "hook_dict", None)
     if points is None:
+        from headscope.models._kinds import model_kind  # here: headscope.models imports this module
+
+        model_kind(model)  # names what was expected and what was given
         raise ModelError(f"{type(model).__name__} has no hook_dict: expected a TransformerLens model")
     names = list(names)
     missing = sorted({n for n in names if n not in points})

@@ -22,16 +22,17 @@ import json
 import sys
 import types
 import typing
-from dataclasses import fields
+from collections.abc import Callable
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
-from headscope.errors import ConfigError
+from headscope.errors import ConfigError, HeadscopeError
 
-__all__ = ["Saved"]
+__all__ = ["Saved", "read_json"]
 
 S = TypeVar("S", bound="Saved")
 
@@ -51,6 +52,10 @@ class Saved:
         unknown = set(data) - names
         if unknown:
             raise ConfigError(f"{cls.__name__} has no fields {sorted(unknown)}; it has {sorted(names)}")
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]  # type: ignore[arg-type]
+        missing = [name for name in required if name not in data]
+        if missing:
+            raise ConfigError(f"{cls.__name__} needs the fields {missing}; got {sorted(data)}")
         return cls(**{name: _decode(value, hints[name]) for name, value in data.items()})
 
     def save(self, path: str | Path) -> Path:
@@ -61,12 +66,46 @@ class Saved:
 
     @classmethod
     def load(cls: type[S], path: str | Path) -> S:
-        """Read a file written by :meth:`save` of this class."""
-        data = json.loads(Path(path).read_text())
+        """Read a file written by :meth:`save` of this class.
+
+        A file that is not such JSON is a :class:`~headscope.ConfigError` naming the file and what
+        it should hold; a missing file is a ``FileNotFoundError``.
+        """
+        expected = f"the JSON file that {cls.__name__}.save writes"
+        data = read_json(path, expected)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} holds a JSON {type(data).__name__}, not {expected}")
         kind = data.pop("headscope", None)
         if kind != cls.__name__:
             raise ConfigError(f"{path} holds a {kind or 'file not written by headscope'}, not a {cls.__name__}")
-        return cls.from_dict(data)
+        return rebuild(path, cls, lambda: cls.from_dict(data))
+
+
+def read_json(path: str | Path, expected: str) -> Any:
+    """The JSON value in ``path``; a :class:`~headscope.ConfigError` naming the file and ``expected`` if it is no JSON.
+
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "notes.txt"
+    >>> _ = path.write_text("L1H2 and L3H4")
+    >>> read_json(path, "a score file")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    headscope.ConfigError: ...notes.txt is not a score file: it is not JSON text (Expecting value: ...)
+    """
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path} is not {expected}: it is not JSON text ({error})") from None
+
+
+R = TypeVar("R")
+
+
+def rebuild(path: str | Path, cls: type, build: Callable[[], R]) -> R:
+    """``build()``; an error in the file's fields is raised as a :class:`~headscope.ConfigError` naming ``path``."""
+    try:
+        return build()
+    except (HeadscopeError, TypeError, KeyError, ValueError, AttributeError, IndexError) as error:
+        raise ConfigError(f"{path} holds a {cls.__name__} that does not load: {error}") from error
 
 
 def _encode(value: Any) -> Any:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from headscope.cli import MAIN_LENGTHS, build_parser, main
-from headscope.retrieval import RetrievalScores
+from headscope.retrieval import DEFAULT_SUCCESS, RetrievalScores
 
 
 def _scores(path, grid, model="m"):
@@ -184,7 +184,10 @@ def test_edge_knockout_runs_from_the_command_line(tmp_path, capsys):
     assert json.loads((out / "knockout.json").read_text())["positions"] == "answer"
     assert main([*args, "--mode", "edge", "--span", "nowhere", "--out", str(out)]) == 2
     last = capsys.readouterr().err.split("\n")[-2]  # after the progress bars: the error, on one line
-    assert last == "headscope: error: sample has no 'nowhere' span; it has ['answer', 'needle']"
+    assert last == (
+        "headscope: error: --span 'nowhere': the needle task's samples have no 'nowhere' span; "
+        "they have ['answer', 'needle']"
+    )
 
 
 def test_every_error_is_one_line_with_exit_code_2(monkeypatch, capsys):
@@ -206,7 +209,7 @@ def test_main_on_a_small_grid_copies_needle_sentences_on_the_fused_route(smollm2
     printed = capsys.readouterr().out
     assert "3 needle samples, generation detection (fused)" in printed and "heads above 0.1" in printed
     scores = RetrievalScores.load(out / "scores.json")
-    assert scores.mode == "generation" and scores.settings["success"] == "rouge1_recall > 0.5 and the value said"
+    assert scores.mode == "generation" and scores.settings["success"] == str(DEFAULT_SUCCESS)
     assert scores.n_counted >= 2, printed
     outcomes = pd.read_csv(out / "outcomes.csv")
     assert all(len(answer.split()) >= 5 for answer in outcomes["answer"])  # whole sentences, not values

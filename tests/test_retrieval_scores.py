@@ -164,4 +164,5 @@ def test_default_success_rule_is_rouge1_recall_above_one_half() -> None:
     sample = Sample("p", " smoked paprika and salt")
     assert rule(sample, "It is smoked paprika, with salt!")  # 3 of 4 words
     assert not rule(sample, "Paprika and pepper")  # 2 of 4: not above 0.5
-    assert str(rule) == "rouge1_recall > 0.5"
+    assert str(rule) == "rouge1_recall > 0.5 and the value named as a whole word"
+    assert str(RougeRecall(require_value=False)) == "rouge1_recall > 0.5"

@@ -192,7 +192,8 @@ def test_squad_scores_follow_the_squad_definitions():
     assert token_f1("x", ["Hobart", "x y"]) == pytest.approx(2 * 1 * 0.5 / 1.5)
     assert token_f1("", "Hobart") == 0.0
     assert subspan_match("It is Hobart, I think.", ["Perth", "hobart"]) == 1.0
-    assert subspan_match("Hobartville", "Hobart") == 0.0
+    assert subspan_match("Hobartville", "Hobart") == 1.0  # Liu et al.'s best_subspan_em: a substring test
+    assert subspan_match("Hobartville", "Hobart", whole_words=True) == 0.0
     with pytest.raises(TaskError, match="answers is empty"):
         exact_match("x", [])
 

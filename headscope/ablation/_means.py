@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -15,7 +15,7 @@ from headscope.ablation._spec import Knockout
 from headscope.errors import ConfigError, HeadIndexError, SpanError
 from headscope.heads import Heads
 from headscope.hooks import attn_hook, capture
-from headscope.models import model_info
+from headscope.models import model_info, tokenizer_of
 from headscope.tasks import EncodedSample, Sample
 
 __all__ = ["head_means", "mean_knockout"]
@@ -34,8 +34,11 @@ def head_means(
     By default every position of every input counts once (longer inputs weigh more), including the
     BOS position, whose output is often far from the rest (an attention sink), and, when the
     reference inputs are the scored samples themselves, their needle positions. ``exclude`` leaves
-    positions out: ``"bos"`` drops the first position of every input (where headscope puts BOS);
-    a span label such as ``"needle"`` drops that span's tokens (inputs must then be samples).
+    positions out: ``"bos"`` drops the first position of every input (of every row of a batch)
+    whose token there is the tokenizer's BOS id, which is where headscope puts BOS; an input
+    without BOS (a chat prompt, ``Sample(bos=False)``, token ids that start with text) keeps its
+    first position. A span label such as ``"needle"`` drops that span's tokens (inputs must then
+    be samples).
     Layers not in ``layers`` (default: all) are left as zeros.
 
     >>> from headscope import load_model
@@ -51,12 +54,12 @@ def head_means(
     count = 0
     for item in tqdm(list(reference), desc="reference means", disable=not progress):
         tokens = as_tokens(model, item)
-        keep = _kept_positions(model, item, tokens.shape[1], exclude)
+        keep = _kept_positions(model, item, tokens, exclude).to(tokens.device)
         with torch.no_grad(), capture(model, [attn_hook(layer, "z") for layer in layers]) as acts:
             model(tokens)
         for layer in layers:
-            total[layer] += acts[attn_hook(layer, "z")][:, keep.to(tokens.device)].double().sum(dim=(0, 1)).cpu()
-        count += tokens.shape[0] * int(keep.sum())
+            total[layer] += acts[attn_hook(layer, "z")][keep].double().sum(dim=0).cpu()
+        count += int(keep.sum())
     if count == 0:
         raise ConfigError(
             "reference holds no positions to average over; give at least one token sequence, Sample or text "
@@ -65,11 +68,15 @@ def head_means(
     return (total / count).float()
 
 
-def _kept_positions(model: Any, item: Input, n_pos: int, exclude: tuple[str, ...]) -> Tensor:
-    keep = torch.ones(n_pos, dtype=torch.bool)
+def _kept_positions(
+    model: Any, item: Input, tokens: Int[Tensor, "batch pos"], exclude: tuple[str, ...]
+) -> Bool[Tensor, "batch pos"]:
+    keep = torch.ones(tokens.shape, dtype=torch.bool)
     for label in exclude:
         if label == "bos":
-            keep[0] = False
+            bos = tokenizer_of(model).bos_token_id
+            if bos is not None:
+                keep[:, 0] &= (tokens[:, 0] != bos).cpu()
             continue
         if not isinstance(item, (Sample, EncodedSample)):
             raise SpanError(
@@ -77,7 +84,7 @@ def _kept_positions(model: Any, item: Input, n_pos: int, exclude: tuple[str, ...
                 "pass Samples (or EncodedSamples), or exclude only 'bos'"
             )
         for start, end in encoded(model, item).positions(label):
-            keep[start:end] = False
+            keep[:, start:end] = False
     return keep
 
 

@@ -111,10 +111,10 @@ def model_info(model: Any, *, refresh: bool = False) -> ModelInfo:
     >>> (info.n_layers, info.n_heads, info.n_kv_heads, info.kv_group, info.positional)
     (2, 4, 2, 2, 'rotary')
     """
+    kind = model_kind(model)  # first: a non-model is a ModelError, not a failed weak reference or attribute
     cached = _INFOS.get(model)
     if cached is not None and not refresh:
         return cached
-    kind = model_kind(model)
     cfg = model.cfg
     n_heads = int(cfg.n_heads)
     pos = str(getattr(cfg, "positional_embedding_type", "other"))
@@ -172,7 +172,8 @@ def _device(model: Any) -> torch.device:
 
 
 def tokenizer_of(model: Any) -> Any:
-    """The model's tokenizer, or a :class:`ModelError` saying how to attach one."""
+    """The model's tokenizer, or a :class:`ModelError` saying how to attach one (or that ``model`` is no model)."""
+    model_kind(model)
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:
         raise ModelError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from os import PathLike
 from typing import Any
 
 from headscope._types import Choice
@@ -35,14 +36,31 @@ def available_kinds() -> tuple[Kind, ...]:
 
 
 def model_kind(model: Any) -> Kind:
-    """``"hooked"`` or ``"bridge"``; a clear :class:`ModelError` for anything else."""
+    """``"hooked"`` or ``"bridge"``; a clear :class:`ModelError` for anything else.
+
+    Every public function that takes a model reaches this check before it touches the model
+    (through :func:`~headscope.models.model_info` or :func:`~headscope.models.tokenizer_of`), so
+    a wrong object is reported as what it is, not by the first attribute it lacks.
+
+    >>> model_kind("smollm2-135m-instruct")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    headscope.ModelError: expected a TransformerLens model (HookedTransformer or TransformerBridge); got the str ...
+    """
     if isinstance(model, bridge_class()):
         return "bridge"
     hooked = hooked_transformer_class()
     if hooked is not None and isinstance(model, hooked):
         return "hooked"
-    raise ModelError(
-        "expected a TransformerLens model (HookedTransformer or TransformerBridge); "
-        f"got {type(model).__module__}.{type(model).__name__}. "
-        "Load a saved Hugging Face model folder with headscope.load_folder(path)."
-    )
+    expected = "expected a TransformerLens model (HookedTransformer or TransformerBridge)"
+    if isinstance(model, (str, PathLike)):
+        raise ModelError(
+            f"{expected}; got the {type(model).__name__} {str(model)!r}. Load the model first: "
+            f"headscope.load_model({str(model)!r}) for a known name, headscope.load_folder(path) for a saved "
+            "Hugging Face model folder."
+        )
+    seen = f"{type(model).__module__}.{type(model).__qualname__}"
+    if seen.startswith("transformers."):
+        hint = "Wrap a Hugging Face model: save it with save_pretrained and load the folder with headscope.load_folder"
+    else:
+        hint = "Load one with headscope.load_model(name) or headscope.load_folder(path)"
+    raise ModelError(f"{expected}; got a {type(model).__name__} ({seen}). {hint}.")

@@ -16,6 +16,7 @@ from headscope.retrieval._distributed import shard_samples as shard_samples
 from headscope.retrieval._outcomes import SuccessLog as SuccessLog
 from headscope.retrieval._record import AttentionRows as AttentionRows
 from headscope.retrieval._record import record_attention as record_attention
+from headscope.retrieval._rouge import DEFAULT_SUCCESS as DEFAULT_SUCCESS
 from headscope.retrieval._rouge import RougeRecall as RougeRecall
 from headscope.retrieval._routes import Attention as Attention
 from headscope.retrieval._scores import RETRIEVAL_THRESHOLD as RETRIEVAL_THRESHOLD
@@ -24,6 +25,7 @@ from headscope.retrieval._scores import Score as Score
 from headscope.retrieval._top1 import count_hits as count_hits
 
 __all__ = [
+    "DEFAULT_SUCCESS",
     "RETRIEVAL_THRESHOLD",
     "Attention",
     "AttentionRows",

@@ -2,14 +2,17 @@
 
 At each answer token and for every (layer, query head), take the head's top-1 attended key on
 the query row that predicts that token. The head scores a hit when the key lies in the needle
-(the union of the sample's ``span`` spans) and the prompt token there equals the token
-being produced. A sample's score is hits / needle length (tokens of its longest needle span);
+(the union of the sample's ``span`` spans) and the prompt token there is the token being
+produced: the same token text (``match="text"``, the default: " Paris" in a document and "Paris"
+at the start of an answer are one token) or the same token id (``match="id"``, Wu et al.'s
+comparison, under which an answer token without its context copy's leading space never scores;
+see :mod:`headscope.retrieval._match`). A sample's score is hits / needle length (tokens of its longest needle span);
 only samples the model answered count, and a head's retrieval score is the mean over them.
 
 ``mode="generation"`` is Wu et al.'s procedure: prefill, then greedy decoding with a KV cache,
 up to ``max_new_tokens`` or a stop token; the produced token is the model's own, and a sample
-counts when ``success(sample, generated_text)`` holds (default: ROUGE-1 recall of the gold
-answer above 0.5).
+counts when ``success(sample, generated_text)`` holds (default :data:`DEFAULT_SUCCESS`: ROUGE-1
+recall of the gold answer above 0.5, and the sample's value, when it has one, named as a word).
 
 ``mode="teacher_forced"`` (the fast default) runs one forward over prompt + gold answer. The
 token produced at answer position ``t`` is the gold token ``t``, read on the row of the token
@@ -44,8 +47,9 @@ from headscope._types import Choice
 from headscope.errors import ConfigError
 from headscope.models import model_info, tokenizer_of
 from headscope.retrieval._fused import FusedRoute
+from headscope.retrieval._match import Match, TokenMatch
 from headscope.retrieval._prepare import Prepared, prepare
-from headscope.retrieval._rouge import RougeRecall
+from headscope.retrieval._rouge import DEFAULT_SUCCESS, RougeRecall
 from headscope.retrieval._routes import Attention, EagerRoute, choose_route
 from headscope.retrieval._scores import RetrievalScores, Score
 from headscope.retrieval._top1 import count_hits, needle_mask
@@ -67,6 +71,7 @@ def detect_retrieval_heads(
     score: Score = "copy",
     attention: Attention = "auto",
     span: str = "needle",
+    match: Match = "text",
     require_prediction: bool = True,
     max_new_tokens: int = 50,
     stop_ids: Collection[int] | None = None,
@@ -86,12 +91,16 @@ def detect_retrieval_heads(
       ``"eager"``; see the module docstring.
     - ``span``: the span label to copy from; ``"answer"`` scores gold-answer
       occurrences in the context (the seed paper's QA setting). Several spans are united.
+    - ``match``: copy scores only; when the produced token is the one at the head's top-1 key:
+      ``"text"`` (same token text up to a leading space marker) or ``"id"`` (Wu et al.'s id
+      comparison). With ``require_prediction`` the model's argmax is compared the same way.
     - ``require_prediction``: teacher-forced only; a hit also needs the model's argmax to be
       the gold token.
     - ``max_new_tokens``, ``stop_ids``: generation only; ``stop_ids`` defaults to the
       tokenizer's EOS token.
     - ``success``: ``success(sample, output_text) -> bool`` decides which samples count;
-      default ``RougeRecall(0.5)``.
+      default :data:`~headscope.retrieval.DEFAULT_SUCCESS` (ROUGE-1 recall above 0.5 and
+      ``meta["value"]``, where a sample has one, named as a whole word).
     - ``batch_size``: teacher-forced only; samples are right-padded, so every scored query row
       sees only real tokens under the causal mask and keeps its positions, on every model kind.
       Generation decodes one sample at a time (samples stop at different steps, and on CPU a
@@ -118,24 +127,30 @@ def detect_retrieval_heads(
         raise ConfigError(f"mode must be 'teacher_forced' or 'generation'; got {mode!r}")
     if score not in ("copy", "mass"):
         raise ConfigError(f"score must be 'copy' or 'mass'; got {score!r}")
+    if match not in ("id", "text"):
+        raise ConfigError(f"match must be 'text' (token text, default) or 'id' (Wu et al.'s ids); got {match!r}")
     if batch_size < 1 or max_new_tokens < 1:
         raise ConfigError(f"batch_size and max_new_tokens must be >= 1; got {batch_size} and {max_new_tokens}")
     info = model_info(model)
     tokenizer = tokenizer_of(model)
-    success = success if success is not None else RougeRecall(0.5)
+    success = success if success is not None else DEFAULT_SUCCESS
     generation = mode == "generation"
-    prepared = prepare(samples, tokenizer, info, span=span, extra_tokens=max_new_tokens - 1 if generation else None)
-    settings: dict[str, Any] = {"span": span, "success": _describe(success)}
-    route = choose_route(model, attention, info.n_layers)
     mass = score == "mass"
+    same = TokenMatch(tokenizer, match)
+    extra = max_new_tokens - 1 if generation else None
+    prepared = prepare(samples, tokenizer, info, span=span, extra_tokens=extra, same=same)
+    settings: dict[str, Any] = {"span": span, "success": _describe(success)}
+    if not mass:
+        settings["match"] = match
+    route = choose_route(model, attention, info.n_layers)
     if generation:
         stops = set(stop_ids) if stop_ids is not None else {tokenizer.eos_token_id} - {None}
         settings.update(max_new_tokens=max_new_tokens, stop_ids=sorted(stops))
-        scored = _generation(route, prepared, mass=mass, max_new_tokens=max_new_tokens, stop_ids=stops)
+        scored = _generation(route, prepared, same, mass=mass, max_new_tokens=max_new_tokens, stop_ids=stops)
     else:
         settings.update(require_prediction=require_prediction)
         scored = _teacher_forced(
-            route, prepared, mass=mass, require_prediction=require_prediction, batch_size=batch_size
+            route, prepared, same, mass=mass, require_prediction=require_prediction, batch_size=batch_size
         )
 
     hit_sums = torch.zeros(info.shape, dtype=torch.float64)
@@ -161,7 +176,7 @@ Scored = Iterator[tuple[Prepared, Float[Tensor, "layer head"], Int[Tensor, " ans
 
 
 def _teacher_forced(
-    route: Route, prepared: list[Prepared], *, mass: bool, require_prediction: bool, batch_size: int
+    route: Route, prepared: list[Prepared], same: TokenMatch, *, mass: bool, require_prediction: bool, batch_size: int
 ) -> Scored:
     """Batches of right-padded prompt + answer[:-1]; scored rows are those predicting answer tokens."""
     device = route.device
@@ -178,15 +193,22 @@ def _teacher_forced(
             if mass:
                 yield p, reads.mass[:, b, :, :n].to(torch.float64).mean(-1).cpu(), predicted[b, :n]  # type: ignore[index]
                 continue
-            gold = p.answer_ids.to(device)
-            valid = predicted[b, :n] == gold if require_prediction else torch.ones(n, dtype=torch.bool, device=device)
+            gold = same(p.answer_ids.to(device))
+            ones = torch.ones(n, dtype=torch.bool, device=device)
+            valid = same(predicted[b, :n]) == gold if require_prediction else ones
             mask = needle_mask(seq.numel(), p.spans, device)
-            hits = count_hits(reads.top1[:, b, :, :n], seq.to(device), mask, gold, valid)
+            hits = count_hits(reads.top1[:, b, :, :n], same(seq.to(device)), mask, gold, valid)
             yield p, hits.to(torch.float64).cpu() / p.needle_len, predicted[b, :n]
 
 
 def _generation(
-    route: Route, prepared: list[Prepared], *, mass: bool, max_new_tokens: int, stop_ids: Collection[int]
+    route: Route,
+    prepared: list[Prepared],
+    same: TokenMatch,
+    *,
+    mass: bool,
+    max_new_tokens: int,
+    stop_ids: Collection[int],
 ) -> Scored:
     """Greedy decoding per sample; every step's last query row is scored against the produced token."""
     for p in prepared:
@@ -204,7 +226,7 @@ def _generation(
         seq = torch.cat([p.input_ids.cpu(), out[:-1]])
         mask = needle_mask(seq.numel(), p.spans, torch.device("cpu"))
         valid = torch.ones(len(produced), dtype=torch.bool)
-        yield p, count_hits(read, seq, mask, out, valid).to(torch.float64) / p.needle_len, out
+        yield p, count_hits(read, same(seq), mask, same(out), valid).to(torch.float64) / p.needle_len, out
 
 
 def _describe(success: Success) -> str:

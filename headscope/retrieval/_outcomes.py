@@ -13,14 +13,16 @@ from dataclasses import replace
 from typing import Any
 
 from headscope.retrieval._detect import _describe
-from headscope.retrieval._rouge import RougeRecall
+from headscope.retrieval._rouge import DEFAULT_SUCCESS
 from headscope.tasks import Sample
 
 __all__ = ["SuccessLog"]
 
 
 class SuccessLog:
-    """Wrap a success rule (default ``RougeRecall(0.5)``) and record ``(sample, output, success)`` per call.
+    """Wrap a success rule and record ``(sample, output, success)`` per call.
+
+    The rule defaults to :data:`~headscope.retrieval.DEFAULT_SUCCESS`, detection's own.
 
     Detection records the wrapped rule's name in its settings, so scores detected with and
     without a log merge.
@@ -34,7 +36,7 @@ class SuccessLog:
     """
 
     def __init__(self, rule: Callable[[Sample, str], bool] | None = None) -> None:
-        self.rule = rule if rule is not None else RougeRecall(0.5)
+        self.rule = rule if rule is not None else DEFAULT_SUCCESS
         self.records: list[tuple[Sample, str, bool]] = []
         # Detection names a rule by its __qualname__ (or str() for RougeRecall): answer for the wrapped rule.
         self.__qualname__ = _describe(self.rule)

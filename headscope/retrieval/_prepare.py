@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,12 +38,20 @@ def _listing(items: Sequence[str], limit: int = 5) -> str:
 
 
 def prepare(
-    samples: Sequence[Sample], tokenizer: Any, info: ModelInfo, *, span: str, extra_tokens: int | None
+    samples: Sequence[Sample],
+    tokenizer: Any,
+    info: ModelInfo,
+    *,
+    span: str,
+    extra_tokens: int | None,
+    same: Callable[[Tensor], Tensor] | None = None,
 ) -> list[Prepared]:
     """Encode ``samples`` and report every bad one at once.
 
     ``extra_tokens`` is how many tokens the forward passes add after the prompt: the gold answer
     less one in teacher-forced mode (``None``), ``max_new_tokens - 1`` in generation mode.
+    ``same`` maps token ids to the classes detection compares (a
+    :class:`~headscope.retrieval._match.TokenMatch`; default: the ids themselves).
     """
     if len(samples) == 0:
         raise ConfigError("samples is empty: retrieval scores need at least one sample with a labelled needle")
@@ -85,17 +93,18 @@ def prepare(
             + ("." if extra_tokens is None else " or lower max_new_tokens.")
         )
     if extra_tokens is None:
-        blind = [i for i, p in enumerate(prepared) if not _needle_holds_answer(p)]
+        blind = [i for i, p in enumerate(prepared) if not _needle_holds_answer(p, same or (lambda ids: ids))]
         if blind:
             warnings.warn(
                 f"{len(blind)} samples hold none of their gold answer tokens inside the {span!r} span "
                 f"(first: {blind[:5]}), so no head can score on them; the answer is probably tokenized "
-                "differently inside the prompt (check the leading space of Sample.answer)",
+                "differently inside the prompt (check the leading space of Sample.answer, or detect with "
+                "match='text', which takes ' Paris' and 'Paris' for one token)",
                 stacklevel=3,
             )
     return prepared
 
 
-def _needle_holds_answer(p: Prepared) -> bool:
-    inside = {int(t) for start, end in p.spans for t in p.input_ids[start:end]}
-    return any(int(t) in inside for t in p.answer_ids)
+def _needle_holds_answer(p: Prepared, same: Callable[[Tensor], Tensor]) -> bool:
+    inside = {int(t) for start, end in p.spans for t in same(p.input_ids[start:end])}
+    return any(int(t) in inside for t in same(p.answer_ids))

@@ -25,7 +25,7 @@ from torch import Tensor
 from headscope._types import Choice
 from headscope.errors import ConfigError, ModelMismatchError
 from headscope.heads import Head, parse_head
-from headscope.results import Saved
+from headscope.results import Saved, read_json, rebuild
 
 __all__ = ["RETRIEVAL_THRESHOLD", "RetrievalScores", "Score"]
 
@@ -202,9 +202,9 @@ class RetrievalScores(Saved):
     @classmethod
     def load(cls, path: str | Path) -> RetrievalScores:
         """Read a file written by :meth:`save`, including files from before results shared one format."""
-        data = json.loads(Path(path).read_text())
+        data = read_json(path, "the JSON file that RetrievalScores.save writes")
         if isinstance(data, dict) and data.get("format") == _FORMAT:
-            return _from_v1(data)
+            return rebuild(path, cls, lambda: _from_v1(data))
         if not isinstance(data, dict) or "headscope" not in data:
             raise ConfigError(
                 f"{path} is not a saved RetrievalScores (no 'headscope' key); for Wu et al.'s files use from_wu_json"
@@ -235,12 +235,14 @@ class RetrievalScores(Saved):
 
         The grid size comes from the largest layer and head keys; ``mode`` is ``"wu"``.
         """
-        data = json.loads(Path(path).read_text())
+        expected = "a Wu et al. score file: a non-empty {'layer-head': [score per sample]} JSON object"
+        data = read_json(path, expected)
         if not isinstance(data, dict) or not data:
-            raise ConfigError(
-                f"{path} is not a Wu et al. score file: expected a non-empty {{'layer-head': [scores]}} object"
-            )
-        heads = {parse_head(key): values for key, values in data.items()}
+            raise ConfigError(f"{path} is not {expected}")
+        bad = [key for key, values in data.items() if not _numbers(values)]
+        if bad:
+            raise ConfigError(f"{path} is not {expected}: the values of {bad[:5]} are not lists of numbers")
+        heads = {rebuild(path, cls, lambda key=key: parse_head(key)): values for key, values in data.items()}
         lengths = {len(v) for v in heads.values()}
         if len(lengths) != 1:
             raise ConfigError(f"{path}: heads have different numbers of per-sample scores {sorted(lengths)}")
@@ -253,6 +255,10 @@ class RetrievalScores(Saved):
         for (layer, head), values in heads.items():
             per[:, layer, head] = torch.tensor(values, dtype=torch.float64)
         return cls(per.sum(0), n, n, model, "wu", settings or {}, per)
+
+
+def _numbers(values: Any) -> bool:
+    return isinstance(values, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
 def _from_v1(data: Mapping[str, Any]) -> RetrievalScores:

@@ -146,6 +146,9 @@ def count_hits(
 ) -> Int[Tensor, "layer head"]:
     """Per head, the rows whose top-1 key lies in the needle and holds the row's target token.
 
+    ``input_ids`` and ``targets`` are token ids, or their match classes
+    (:class:`~headscope.retrieval._match.TokenMatch`) when tokens of one text count as one token.
+
     >>> top1 = torch.tensor([[[1, 2], [0, 0]]])  # one layer; head 0 looks at keys 1 then 2
     >>> ids, needle = torch.tensor([5, 7, 8]), torch.tensor([False, True, True])
     >>> count_hits(top1, ids, needle, targets=torch.tensor([7, 8]), valid=torch.tensor([True, True]))

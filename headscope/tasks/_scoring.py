@@ -3,7 +3,9 @@
 Answers are compared after SQuAD normalization (lower case, no punctuation, no articles,
 single spaces), taking the best score over the gold answers. :func:`rouge1_recall` is Wu et
 al.'s filter for whether a needle was retrieved (they count a sample when it exceeds 0.5; they
-also stem words, which this does not).
+also stem words, which this does not). :func:`names_value` asks whether an output names a value
+as whole words (``"Ann"`` is not named by ``"Anna"``), the half of headscope's success rule
+(:class:`~headscope.retrieval.RougeRecall`) that ROUGE recall cannot give.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ __all__ = [
     "CitationScores",
     "citation_scores",
     "exact_match",
+    "names_value",
     "normalize_answer",
     "parse_citations",
     "rouge1_recall",
@@ -31,6 +34,7 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation)
 _CITES = re.compile(r"\[\s*(\d+(?:\s*,\s*\d+)*)\s*\]")
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+")
+_WORD = re.compile(r"[^\W_]+")  # a run of letters and digits, in any script
 
 
 def normalize_answer(text: str) -> str:
@@ -60,14 +64,47 @@ def exact_match(prediction: str, answers: str | Sequence[str]) -> float:
     return float(any(pred == normalize_answer(g) for g in _golds(answers)))
 
 
-def subspan_match(prediction: str, answers: str | Sequence[str]) -> float:
-    """1.0 if a normalized gold answer occurs in the normalized prediction (Liu et al.'s MDQA accuracy).
+def subspan_match(prediction: str, answers: str | Sequence[str], *, whole_words: bool = False) -> float:
+    """1.0 if a normalized gold answer occurs in the normalized prediction, else 0.0: Liu et al.'s MDQA accuracy.
+
+    This is Lost in the Middle's ``best_subspan_em``: both sides SQuAD-normalized
+    (:func:`normalize_answer`), then a plain substring test, so ``"1990"`` counts in ``"the
+    1990s"``. The seed paper scores its multi-document QA with Lost in the Middle's metric, so
+    headscope follows it by default, to keep its numbers comparable with theirs (including their
+    leniency: a gold answer inside a longer word counts, and a gold answer that normalizes to
+    nothing, such as ``"The"``, counts everywhere). ``whole_words=True`` asks for the gold answer's
+    words as whole words of the prediction instead, a stricter variant of no paper's.
 
     >>> subspan_match("I think it is the Eiffel Tower in Paris", "eiffel tower")
     1.0
+    >>> text = "It peaked in the 1990s."
+    >>> subspan_match(text, "1990"), subspan_match(text, "1990", whole_words=True)
+    (1.0, 0.0)
     """
-    pred = f" {normalize_answer(prediction)} "
-    return float(any(f" {normalize_answer(g)} " in pred for g in _golds(answers)))
+    pred = normalize_answer(prediction)
+    if whole_words:
+        return float(any(f" {normalize_answer(g)} " in f" {pred} " for g in _golds(answers)))
+    return float(any(normalize_answer(g) in pred for g in _golds(answers)))
+
+
+def names_value(output: str, value: str) -> bool:
+    """Does ``output`` name ``value`` as whole words? Case and punctuation are ignored.
+
+    Both texts are read as runs of letters and digits (case-folded; every other character
+    separates words); the value's words must appear in the output consecutively, each a whole
+    word there. A value with no letters or digits must appear verbatim.
+
+    >>> names_value("Her name is Anna.", "Ann"), names_value("Her name is ANN!", "Ann")
+    (False, True)
+    >>> names_value("She moved to New-York.", "New York"), names_value("the code is 47123", "4712")
+    (True, False)
+    """
+    want = _WORD.findall(value.casefold())
+    if not want:
+        return value.strip() in output
+    have = _WORD.findall(output.casefold())
+    n = len(want)
+    return any(have[i : i + n] == want for i in range(len(have) - n + 1))
 
 
 def _f1(pred: list[str], gold: list[str]) -> float:

@@ -17,6 +17,7 @@ from torch import nn
 
 from headscope._types import Choice
 from headscope.errors import ConfigError, ModelError
+from headscope.models import model_kind
 
 Preset = Choice["attention", "attention_weights", "all"]
 Train = Preset | Sequence[str] | Callable[[str], bool]
@@ -32,6 +33,7 @@ def parameter_name(raw: str) -> str:
 
 def named_parameters(model: Any) -> dict[str, nn.Parameter]:
     """Every parameter of ``model`` by parameter name (shared parameters once)."""
+    model_kind(model)
     named: dict[str, nn.Parameter] = {}
     for raw, param in model.named_parameters():
         name = parameter_name(raw)

@@ -56,6 +56,7 @@ def load_weights(model: Any, path: str | Path) -> tuple[str, ...]:
     """
     from safetensors import safe_open
 
+    model_kind(model)
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         tensors = {k: f.get_tensor(k) for k in f.keys()}
