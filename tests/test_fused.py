@@ -148,7 +148,8 @@ def test_ties_go_to_the_earliest_key_on_both_routes() -> None:
 
 def test_auto_takes_fused_on_supported_bridges_and_eager_elsewhere(bridge) -> None:
     assert isinstance(choose_route(bridge, "auto", 3), FusedRoute)
-    assert isinstance(choose_route(hs.load_model("tiny-gpt2"), "auto", 2), EagerRoute)
+    assert isinstance(choose_route(hs.load_model("tiny-gpt2"), "auto", 2), FusedRoute)
+    assert isinstance(choose_route(hs.load_model("tiny-gpt-neo"), "auto", 2), EagerRoute)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         compat = hs.load_model("tiny-llama", compatibility_mode=True)
@@ -157,9 +158,9 @@ def test_auto_takes_fused_on_supported_bridges_and_eager_elsewhere(bridge) -> No
 
 def test_fused_refuses_a_model_it_cannot_run_and_says_why() -> None:
     with pytest.raises(
-        ModelError, match=r"attention='fused' cannot run .* this bridge wraps 'gpt2'.*attention='eager'"
+        ModelError, match=r"attention='fused' cannot run .*GPTNeoSelfAttention.*AttentionInterface.*attention='eager'"
     ):
-        detect_retrieval_heads(hs.load_model("tiny-gpt2"), SAMPLES[:1], attention="fused", progress=False)
+        detect_retrieval_heads(hs.load_model("tiny-gpt-neo"), SAMPLES[:1], attention="fused", progress=False)
 
 
 def test_a_user_hook_is_never_skipped_silently(bridge) -> None:

@@ -1,7 +1,8 @@
 """Knockout, patching and hooks on the fused attention route, against the eager route.
 
 Tiny random Llama, Qwen2 and Mistral bridges (rotary; 4 query heads over 2 or 1 key/value heads)
-and GPT-2 (not fused: ``"auto"`` falls back to eager, ``"fused"`` says why). Every equality is on
+GPT-2 (fused knockout; its joint q/k/v projection fires no split hooks, so patching stays eager) and
+GPT-Neo (not fused: ``"auto"`` falls back to eager, ``"fused"`` says why). Every equality is on
 logits against the same call with ``attention="eager"``, to float32 rounding at the logits' scale
 (``tests/_close.py``: short for the 3-layer tiny models, long for SmolLM2's 30 layers), and each is backed by
 ``assert_differs``: what the bug would give (the intact or the corrupted logits) lies many tolerances away.
@@ -233,12 +234,41 @@ def test_a_pattern_hook_attached_inside_a_fused_block_raises_at_the_forward(brid
 # -- choosing the route ---------------------------------------------------------------------------
 
 
-def test_gpt2_falls_back_to_eager_under_auto_and_fused_says_why() -> None:
-    model = hs.load_model("tiny-gpt2")
+def test_gpt_neo_falls_back_to_eager_under_auto_and_fused_says_why() -> None:
+    model = hs.load_model("tiny-gpt-neo")
     spec = Knockout(((0, 1), (1, 2)), "uniform")
-    with pytest.raises(ModelError, match=r"attention='fused' cannot run .* this bridge wraps 'gpt2'"):
+    with pytest.raises(ModelError, match=r"attention='fused' cannot run .*GPTNeoSelfAttention.*AttentionInterface"):
         logits_under(model, spec, "fused")
     torch.testing.assert_close(logits_under(model, spec, "auto"), logits_under(model, spec, "eager"), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["uniform", "edge", "zero"])
+def test_gpt2_knockout_runs_fused_and_equals_the_eager_route(mode: str) -> None:
+    model = hs.load_model("tiny-gpt2")  # 2 layers of 4 heads
+    spec = Knockout(((0, 1), (1, 2)), mode, keys=(2, 3, 4) if mode == "edge" else None)  # type: ignore[arg-type]
+    fused = logits_under(model, spec, "fused")
+    assert_close(fused, logits_under(model, spec, "eager"))
+    assert_differs(bridge_logits(model), fused)
+
+
+def test_gpt2_patching_stays_eager_because_its_split_hooks_do_not_fire_fused() -> None:
+    """GPT-2 projects q, k and v jointly (c_attn) and calls c_proj itself: hook_q/k/v/z stay silent there."""
+    model = hs.load_model("tiny-gpt2")
+    source = record_heads(model, TOKENS.flip(1), layers=[1])
+    with pytest.raises(ConfigError, match=r"patching site 'z' \(its hook does not fire on this model's fused route\)"):
+        with patched(model, source, [(1, 1)], attention="fused"):
+            pass
+    with torch.no_grad(), patched(model, source, [(1, 1)], attention="auto"):
+        auto = model(TOKENS)
+    with torch.no_grad(), patched(model, source, [(1, 1)], attention="eager"):
+        eager = model(TOKENS)
+    assert torch.equal(auto, eager)
+    assert_differs(bridge_logits(model), eager)
+
+
+def bridge_logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(TOKENS)
 
 
 def test_an_eager_hook_route_cannot_combine_with_fused(bridge) -> None:

@@ -28,29 +28,36 @@ run the bridge itself rather than skip those hooks silently.
 from __future__ import annotations
 
 import copy
+import weakref
 from typing import Any
 
 import torch
 
 from headscope.errors import ModelError
-from headscope.models._fused_attention import FUSED, fused_state, register
+from headscope.models._fused_attention import FUSED, READER_KWARG, fused_state, register
 from headscope.models._kinds import model_kind
 
-__all__ = ["FUSED_ARCHITECTURES", "fused_unsupported", "hf_twin", "twin_unavailable", "user_hooks"]
+__all__ = ["fused_unsupported", "hf_twin", "twin_unavailable", "user_hooks"]
 
-#: HF ``model_type``s whose attention goes through ``AttentionInterface`` with a plain causal mask
-#: and whose bridge computes the same attention (no softcap, sinks or sliding windows).
-FUSED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
+_PROBED: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionary()
 
 
 def fused_unsupported(model: Any) -> str | None:
     """Why ``model`` cannot take the fused route, or ``None`` when it can.
 
+    The fused route runs wherever Hugging Face's attention modules hand their work to
+    transformers' ``AttentionInterface``: Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3/4, OLMo 2,
+    GPT-NeoX, GPT-2 and most decoders since. That is checked, not listed: on first use a twin of
+    the model runs four tokens, and every layer must call the fused attention function (GPT-Neo's
+    attention computes its own). Sliding windows arrive in the mask, soft-capping as an argument
+    (those layers are computed a chunk of rows at a time, since sdpa cannot cap), partial rotary
+    before the function; attention sinks are refused. The result is kept per model.
+
     >>> from headscope import load_model
     >>> fused_unsupported(load_model("tiny-llama")) is None
     True
-    >>> fused_unsupported(load_model("tiny-gpt2"))
-    "the fused route supports HF model types ('llama', 'mistral', 'qwen2', 'qwen3'); this bridge wraps 'gpt2'"
+    >>> fused_unsupported(load_model("tiny-gpt-neo"))[:65]
+    'its attention modules (GPTNeoSelfAttention) compute attention the'
     """
     if model_kind(model) == "hooked":
         return (
@@ -62,22 +69,39 @@ def fused_unsupported(model: Any) -> str | None:
             "a bridge in compatibility mode runs processed (folded, centred) weights that a Hugging Face model "
             "cannot reproduce exactly; boot it without compatibility_mode for the fused route"
         )
-    config = model.original_model.config
-    if config.model_type not in FUSED_ARCHITECTURES:
-        return f"the fused route supports HF model types {FUSED_ARCHITECTURES}; this bridge wraps {config.model_type!r}"
-    if _sliding_window(config) is not None:
-        return f"{config.model_type} uses sliding-window attention ({_sliding_window(config)} tokens)"
-    if getattr(config, "attn_logit_softcapping", None) is not None:
-        return "attention logit soft-capping is not supported by the fused route"
+    if model not in _PROBED:
+        _PROBED[model] = _probe(model)
+    return _PROBED[model]
+
+
+class _Layers:
+    """A stand-in row reader that only notes which layers called the fused attention function."""
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+
+    def read(self, layer: int, call: Any, edits: Any) -> None:
+        self.seen.add(layer)
+
+
+def _probe(model: Any) -> str | None:
+    """Run four tokens through a twin of ``model``: every layer must call the fused attention function."""
+    try:
+        twin = _build_twin(model)
+        seen = _Layers()
+        tokens = torch.arange(1, 5, device=twin.device)[None] % twin.config.vocab_size
+        with torch.no_grad():
+            twin(tokens, use_cache=False, **{READER_KWARG: seen})
+    except ModelError as err:
+        return str(err)
+    n_layers = len(model.blocks)
+    if len(seen.seen) < n_layers:
+        kind = type(model.blocks[min(set(range(n_layers)) - seen.seen)].attn.original_component).__name__
+        return (
+            f"its attention modules ({kind}) compute attention themselves instead of calling transformers' "
+            "AttentionInterface"
+        )
     return None
-
-
-def _sliding_window(config: Any) -> int | None:
-    if config.model_type == "qwen2" and not getattr(config, "use_sliding_window", False):
-        return None
-    if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
-        return getattr(config, "sliding_window", None) or -1
-    return getattr(config, "sliding_window", None) if config.model_type == "mistral" else None
 
 
 def user_hooks(model: Any) -> list[str]:
@@ -126,6 +150,10 @@ def hf_twin(model: Any) -> Any:
     reason = fused_unsupported(model)
     if reason is not None:
         raise ModelError(f"cannot build a Hugging Face twin of this model: {reason}")
+    return _build_twin(model)
+
+
+def _build_twin(model: Any) -> Any:
     original = model.original_model
     config = copy.deepcopy(original.config)
     with torch.device("meta"):

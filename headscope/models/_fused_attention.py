@@ -35,6 +35,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from headscope.errors import ModelError
+
 __all__ = [
     "FUSED",
     "AttentionCall",
@@ -199,7 +201,9 @@ def fused_attention(
     if layer is not None:
         query, key = layer.rotated(query, key)
     if kwargs.get("s_aux") is not None:
-        raise NotImplementedError("attention sinks")  # fused_unsupported refuses such models first
+        raise ModelError(
+            "attention sinks (a learned extra logit per head, as in gpt-oss) are not supported by the fused route"
+        )
     call = AttentionCall(
         query,
         key,

@@ -36,7 +36,7 @@ from headscope.errors import ConfigError, ModelError
 from headscope.models._fused import fused_unsupported
 from headscope.models._fused_attention import FUSED, LAYER_KWARG, FusedState, LayerEdit, fused_state, register
 
-__all__ = ["fused_active", "fused_bridge", "unfired_hooks", "wants_fused"]
+__all__ = ["fused_active", "fused_bridge", "fused_sites", "unfired_hooks", "wants_fused"]
 
 
 def wants_fused(model: Any, attention: str, *, eager_because: str | None = None) -> bool:
@@ -70,12 +70,28 @@ def fused_active(model: Any) -> bool:
 
 
 def _fired(attn: Any) -> set[int]:
-    """ids of the hook points of one attention component that the fused forward fires."""
+    """ids of the hook points of one attention component that the fused forward fires.
+
+    The projections' hooks (``hook_q``/``k``/``v`` and ``hook_z``, the output projection's input)
+    fire when Hugging Face's attention module calls the bridge's own projection component; models
+    that project q, k and v jointly (Phi-3's ``qkv_proj``, GPT-NeoX, GPT-2's ``c_attn``) call a
+    joint component instead, so their split hooks do not fire there.
+    """
     points = [attn.hook_in, attn.hook_out]
     points += [getattr(attn, name) for name in ("hook_rot_q", "hook_rot_k") if hasattr(attn, name)]
+    children = {id(child) for child in attn.original_component.children()}
     for sub in ("q", "k", "v", "o"):
-        points += [getattr(attn, sub).hook_in, getattr(attn, sub).hook_out]
+        component = getattr(attn, sub, None)
+        if component is not None and id(component) in children:
+            points += [component.hook_in, component.hook_out]
     return {id(p) for p in points}
+
+
+def fused_sites(model: Any) -> frozenset[str]:
+    """Which of the per-head hook sites ``q``, ``k``, ``v``, ``z`` fire on ``model``'s fused route."""
+    attn = model.blocks[0].attn
+    fired = _fired(attn)
+    return frozenset(site for site in ("q", "k", "v", "z") if id(getattr(attn, f"hook_{site}", None)) in fired)
 
 
 def _has_hooks(point: Any) -> bool:

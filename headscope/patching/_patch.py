@@ -27,8 +27,8 @@ from headscope._types import Attention, Choice
 from headscope.errors import ConfigError, HeadIndexError, ModelError, ModelMismatchError
 from headscope.heads import Heads
 from headscope.hooks import attached, attn_hook, capture
-from headscope.models import ModelInfo, model_info
-from headscope.models._fused_bridge import fused_bridge, wants_fused
+from headscope.models import ModelInfo, fused_unsupported, model_info, model_kind
+from headscope.models._fused_bridge import fused_bridge, fused_sites, wants_fused
 
 Site = Choice["z", "q", "k", "v", "pattern"]
 Positions = Choice["all"] | Sequence[int]
@@ -132,6 +132,10 @@ def record_heads(
 def attention_route(model: Any, attention: Attention, sites: Sequence[str] = ("z",)) -> AbstractContextManager[None]:
     """The route ``attention`` picks for patching ``sites``: :func:`fused_bridge`, or nothing to do (eager)."""
     eager_because = "patching site 'pattern'" if "pattern" in sites else None
+    if eager_because is None and model_kind(model) == "bridge" and fused_unsupported(model) is None:
+        silent = sorted(set(sites) - fused_sites(model))
+        if silent:
+            eager_because = f"patching site {silent[0]!r} (its hook does not fire on this model's fused route)"
     return fused_bridge(model) if wants_fused(model, attention, eager_because=eager_because) else nullcontext()
 
 

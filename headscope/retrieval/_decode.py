@@ -39,9 +39,12 @@ class Decoder:
         self.model = model
         self.kind = model_kind(model)
         self.n_seen = 0
-        self._cache: Any = None
         if self.kind == "hooked":
-            self._cache = _hooked_cache_class().init_cache(model.cfg, model.cfg.device, 1)
+            self._cache: Any = _hooked_cache_class().init_cache(model.cfg, model.cfg.device, 1)
+        else:  # keeps every key: Hugging Face's default would drop keys past a sliding window, and reads
+            from transformers import DynamicCache  # index prompt positions (the window comes from the mask)
+
+            self._cache = DynamicCache()
 
     def __call__(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos vocab"]:
         if self.kind == "hooked":
@@ -61,7 +64,7 @@ class Decoder:
         if self.kind == "hooked":
             entries = self._cache.entries
             return int(entries[0].past_keys.shape[1]) if entries else 0
-        return 0 if self._cache is None else int(self._cache.get_seq_length())
+        return int(self._cache.get_seq_length())
 
     def _check_cache(self) -> None:
         check_cache_length(self.n_seen, self.cached_length())

@@ -121,7 +121,7 @@ class FusedRoute:
         """Greedy decoding with Hugging Face's cache; each token comes with the reads of the row that produced it."""
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=self.twin.config)
+        cache = DynamicCache()  # keeps every key: windows come from the mask, and reads index prompt positions
         self.reader.rows, self.reader.needles = None, needles
         fed = prompt.to(self.device)[None]
         n_seen = 0
