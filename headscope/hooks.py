@@ -42,10 +42,10 @@ def block_hook(layer: int, site: str) -> str:
 def _hook_points(model: Any, names: Iterable[str]) -> dict[str, Any]:
     points = getattr(model, "hook_dict", None)
     if points is None:
-        from headscope.models._kinds import model_kind  # here: headscope.models imports this module
-
-        model_kind(model)  # names what was expected and what was given
-        raise ModelError(f"{type(model).__name__} has no hook_dict: expected a TransformerLens model")
+        raise ModelError(
+            "expected a TransformerLens model (HookedTransformer or TransformerBridge), which has hook points; "
+            f"got {type(model).__module__}.{type(model).__name__}. Load one with headscope.load_model(name_or_path)"
+        )
     names = list(names)
     missing = sorted({n for n in names if n not in points})
     if missing:

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 import headscope as hs
-from headscope.cli import _samples, build_parser
+from headscope.cli import _check_task, _samples, build_parser
 from headscope.tasks import Sample
 
 
@@ -78,9 +78,9 @@ def test_cli_answer_prefix_chooses_how_the_assistant_turn_starts(option, ending)
     task = ["--needle", "templated", "--haystack", "symbolic", "--lengths", "80", "--depths", "50", "--n-samples", "1"]
     args = build_parser().parse_args(["detect", *task, *option])
     args.chat = True
-    (chat,) = _samples(args, model)
+    (chat,) = _samples(args, model, _check_task(args, None))
     args.chat = False
-    (plain,) = _samples(args, model)
+    (plain,) = _samples(args, model, _check_task(args, None))
     expected = plain.lead_in if ending == "lead_in" else ending
     assert plain.lead_in and chat.prompt.endswith("\n<assistant>" + expected)
 
