@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from headscope._types import Attention
-from headscope.ablation._eager import ScoresKnockout, ZKnockout, hand_pattern, qk_sites
+from headscope.ablation._eager import ScoresKnockout, ZKnockout, hand_pattern, local_window, pattern_atol, qk_sites
 from headscope.ablation._fused import FusedKnockout
 from headscope.ablation._inputs import encoded
 from headscope.ablation._spec import Knockout, Mode, Route
@@ -155,6 +155,7 @@ def _probe_scale(model: Any, info: ModelInfo, layer: int) -> float | None:
     attn_scale = float(getattr(model.cfg, "attn_scale", -1) or -1)
     if attn_scale > 0:
         candidates.insert(0, 1 / attn_scale)
+    window, atol = local_window(model, layer), pattern_atol(acts[q_site].dtype)
     return next(
-        (c for c in candidates if torch.allclose(hand_pattern(acts[q_site], k, c, 0), pattern, atol=1e-5)), None
+        (c for c in candidates if torch.allclose(hand_pattern(acts[q_site], k, c, 0, window), pattern, atol=atol)), None
     )
