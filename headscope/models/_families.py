@@ -14,8 +14,8 @@ attention peaked, so top-1 keys have clear margins; norm scales and biases are d
 route that skips one is caught. :func:`family_folder` saves each model with the tokenizer in the
 headscope cache, keyed by family, :data:`VERSION` and seed.
 
->>> sorted(FAMILIES)[:4]
-['gemma2', 'gemma3', 'gpt-neo', 'gpt2']
+>>> family_names()[:4]
+('llama3', 'mistral', 'qwen2', 'qwen3')
 >>> FAMILIES["gemma2"].label
 'Gemma 2'
 """

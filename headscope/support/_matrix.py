@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from headscope.errors import ConfigError
 from headscope.models import load_folder
 from headscope.models._families import FAMILIES, family_folder
 from headscope.models._fused import fused_unsupported
@@ -56,7 +57,10 @@ class Support(Saved):
         for cell in self.cells:
             if (cell.family, cell.capability, cell.route) == (family, capability, route):
                 return cell.status
-        raise KeyError(f"no cell for {family!r}, {capability!r}, {route!r}")
+        raise ConfigError(
+            f"no cell for {family!r}, {capability!r}, {route!r}: families are {', '.join(self.families)}, "
+            f"capabilities {', '.join(CAPABILITIES)} and routes {', '.join(ROUTES)}"
+        )
 
     def to_frame(self) -> Any:
         """Long frame, one row per cell: family, label, capability, route, status, ok (status is ``"yes"``)."""
