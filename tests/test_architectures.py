@@ -241,6 +241,7 @@ def test_knockout_equals_the_same_knockout_inside_hf_eager_attention(case: Case,
         clean = case.model(case.tokens)
         with spec.applied(case.model, attention=route):
             got = case.model(case.tokens)
+    assert not any(point.fwd_hooks for point in case.model.hook_dict.values()), "no hook outlives the block"
     bound, effect_bound = logit_tolerance(case.dtype)
     effect = relative_error(expected, clean)
     assert effect > 1e-2 and relative_error(got, clean) > 1e-2, "the knockout changes the output"
