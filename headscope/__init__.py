@@ -5,7 +5,7 @@ patch them between runs and models, and compare head sets across models, as in Z
 Durrett, *Understanding Synthetic Context Extension via Retrieval Heads* (ICML 2025).
 
 Each capability is a subpackage (``headscope.models``, ``tasks``, ``retrieval``, ``ablation``,
-``patching``, ``compare``, ``training``, ``viz``, ``pipeline``); the names most work needs are
+``patching``, ``compare``, ``training``, ``viz``, ``pipeline``, ``support``); the names most work needs are
 re-exported here.
 """
 
@@ -57,6 +57,8 @@ from headscope.retrieval import AttentionRows as AttentionRows
 from headscope.retrieval import RetrievalScores as RetrievalScores
 from headscope.retrieval import detect_retrieval_heads as detect_retrieval_heads
 from headscope.retrieval import record_attention as record_attention
+from headscope.support import Support as Support
+from headscope.support import supported as supported
 from headscope.tasks import Sample as Sample
 from headscope.tasks import Span as Span
 from headscope.tasks import citation as citation
@@ -104,6 +106,7 @@ __all__ = [
     "Sample",
     "Span",
     "SpanError",
+    "Support",
     "TaskError",
     "answer_accuracy",
     "answer_loss",
@@ -146,5 +149,6 @@ __all__ = [
     "run_pipeline",
     "save_weights",
     "select_parameters",
+    "supported",
     "to_tokens",
 ]

@@ -24,9 +24,8 @@ from typing import Any
 
 import torch
 
-from headscope._tolerance import relative
 from headscope._types import Attention
-from headscope.ablation._eager import ScoresKnockout, ZKnockout, hand_pattern, qk_sites
+from headscope.ablation._eager import ScoresKnockout, ZKnockout, hand_pattern, local_window, pattern_atol, qk_sites
 from headscope.ablation._fused import FusedKnockout
 from headscope.ablation._inputs import encoded
 from headscope.ablation._spec import Knockout, Mode, Route
@@ -150,7 +149,7 @@ def _probe_scale(model: Any, info: ModelInfo, layer: int) -> float | None:
     """The factor between ``q @ k`` and the pre-softmax scores, found on a short probe input (None: no match).
 
     The candidate whose pattern comes closest to the model's wins, if it is within rounding of the
-    model's dtype (1e-5 in float32; :func:`headscope._tolerance.relative` below).
+    model's dtype (1e-5 in float32; :func:`~headscope.ablation._eager.pattern_atol` below).
     """
     q_site, k_site = qk_sites(model, layer)
     tokens = (torch.arange(1, 9) % info.d_vocab).unsqueeze(0).to(next(model.parameters()).device)
@@ -163,7 +162,8 @@ def _probe_scale(model: Any, info: ModelInfo, layer: int) -> float | None:
     attn_scale = float(getattr(model.cfg, "attn_scale", -1) or -1)
     if attn_scale > 0:
         candidates.insert(0, 1 / attn_scale)
-    gaps = [float((hand_pattern(acts[q_site], k, c, 0) - pattern).abs().max()) for c in candidates]
+    window = local_window(model, layer)
+    gaps = [float((hand_pattern(acts[q_site], k, c, 0, window) - pattern).abs().max()) for c in candidates]
     best = min(range(len(candidates)), key=gaps.__getitem__)
-    tolerance = 1e-5 if seen.dtype in (torch.float32, torch.float64) else relative(seen.dtype)
+    tolerance = 1e-5 if seen.dtype in (torch.float32, torch.float64) else pattern_atol(seen.dtype)
     return candidates[best] if gaps[best] <= tolerance else None

@@ -10,10 +10,11 @@
   grouped-query heads): ``z_new = z - (p_old - p_new) @ v``. ``p_old`` is the pattern from
   ``hook_pattern`` when it fires before ``hook_z``; on bridges that compute attention inside
   Hugging Face code it fires after, so ``p_old`` is recomputed from ``hook_rot_q``/``hook_q`` and
-  ``hook_rot_k``/``hook_k`` with the score scale found by a probe, and checked against
-  ``hook_pattern`` when that fires (a mismatch, e.g. a local-attention window, raises). Uniform
-  averages over the keys the model's own mask leaves visible (read from ``hook_attn_scores`` when
-  it fires before ``hook_z``; otherwise the causal prefix, checked against ``hook_pattern``). This
+  ``hook_rot_k``/``hook_k`` with the score scale found by a probe and the layer's local window
+  (:func:`local_window`), and checked against ``hook_pattern`` when that fires (a mismatch
+  raises). Uniform averages over the keys the model's own mask leaves visible (read from
+  ``hook_attn_scores`` when it fires before ``hook_z``; otherwise the causal prefix within the
+  layer's local window, checked against ``hook_pattern``). This
   needs every key's value vector in each forward, so it does not combine with a KV cache: a
   cached step raises :class:`ModelError`.
 
@@ -32,14 +33,13 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from headscope._tolerance import relative
 from headscope.ablation._spec import Knockout
 from headscope.errors import ModelError, SpanError
 from headscope.hooks import HookFn, attn_hook
 
-__all__ = ["ScoresKnockout", "ZKnockout", "causal", "hand_pattern", "qk_sites"]
+__all__ = ["ScoresKnockout", "ZKnockout", "causal", "hand_pattern", "local_window", "pattern_atol", "qk_sites"]
 
-_PATTERN_ATOL = 1e-4  # float32; below it headscope._tolerance.relative(dtype)
+_PATTERN_ATOL = 1e-4  # float32; see pattern_atol
 _SUPPORT = 1e-3  # a recomputed weight this large on a key the model's pattern holds at exactly 0
 _CACHE_HINT = (
     "the 'z' route needs every key's value vector in each forward: decode without a KV cache "
@@ -55,18 +55,59 @@ def qk_sites(model: Any, layer: int) -> tuple[str, str]:
 
 
 def hand_pattern(
-    q: Float[Tensor, "batch query head d_head"], k: Float[Tensor, "batch key head d_head"], scale: float, offset: int
+    q: Float[Tensor, "batch query head d_head"],
+    k: Float[Tensor, "batch key head d_head"],
+    scale: float,
+    offset: int,
+    window: int | None = None,
 ) -> Float[Tensor, "batch head query key"]:
-    """Causal softmax of ``scale * q @ k`` in float32; ``k`` is per query head."""
+    """Causal softmax of ``scale * q @ k`` in float32 (within a local ``window``); ``k`` is per query head."""
     scores = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.float()) * scale
-    visible = causal(q.shape[1], k.shape[1], offset, q.device)
+    visible = causal(q.shape[1], k.shape[1], offset, q.device, window)
     return scores.masked_fill(~visible, float("-inf")).softmax(-1)
 
 
-def causal(n_query: int, n_key: int, offset: int, device: torch.device) -> Bool[Tensor, "query key"]:
-    """``[query, key]`` visibility when the queries are the last ``n_query`` positions after ``offset`` earlier ones."""
+def causal(
+    n_query: int, n_key: int, offset: int, device: torch.device, window: int | None = None
+) -> Bool[Tensor, "query key"]:
+    """``[query, key]`` visibility when the queries are the last ``n_query`` positions after ``offset`` earlier ones.
+
+    With a local ``window``, a query at position ``p`` sees the keys ``p - window < k <= p``.
+
+    >>> causal(3, 3, 0, torch.device("cpu"), window=2).int()
+    tensor([[1, 0, 0],
+            [1, 1, 0],
+            [0, 1, 1]], dtype=torch.int32)
+    """
     rows = torch.arange(n_query, device=device)[:, None] + offset
-    return torch.arange(n_key, device=device)[None, :] <= rows
+    keys = torch.arange(n_key, device=device)[None, :]
+    visible = keys <= rows
+    return visible if window is None else visible & (keys > rows - window)
+
+
+def local_window(model: Any, layer: int) -> int | None:
+    """The local-attention window of ``layer`` (keys ``p - window < k <= p``), or ``None`` for global attention.
+
+    Read from the model's config: a HookedTransformer's ``attn_types`` / ``window_size``; a bridge's
+    Hugging Face config (GPT-Neo's ``attention_layers`` / ``window_size``, or ``layer_types`` /
+    ``sliding_window``). Only the z route needs it: bridges that honour score edits carry their
+    windows in ``hook_attn_scores``.
+    """
+    kinds = getattr(model.cfg, "attn_types", None)
+    if kinds is not None:
+        return int(model.cfg.window_size) if kinds[layer] == "local" else None
+    config = getattr(getattr(model, "original_model", None), "config", None)
+    if getattr(config, "attention_layers", None):
+        return int(config.window_size) if config.attention_layers[layer] == "local" else None  # type: ignore[union-attr]
+    types = getattr(config, "layer_types", None) or ()
+    if layer < len(types) and types[layer] == "sliding_attention":
+        return getattr(config, "sliding_window", None)
+    return None
+
+
+def pattern_atol(dtype: torch.dtype) -> float:
+    """How far a pattern recomputed in float32 may sit from the model's pattern in ``dtype``."""
+    return max(_PATTERN_ATOL, 2 * torch.finfo(dtype).eps)
 
 
 class _Layer:
@@ -196,6 +237,7 @@ class ZKnockout(_Layer):
     ) -> None:
         super().__init__(model, layer, heads, spec)
         self.group, self.scale, self.means = group, scale, means
+        self.window = local_window(model, layer)
         self.rewrites = spec.mode in ("edge", "uniform")
         self.now = _ZPass()
 
@@ -237,10 +279,9 @@ class ZKnockout(_Layer):
             self.check_averaged(pattern, *now.averaged)
         if now.pending is not None:
             seen = pattern[:, self.heads.to(pattern.device)].float()
-            # bfloat16 scores round to ~3 digits, so the value check scales with the dtype; a key the model
-            # hides (a local window) is exactly 0 in its pattern in every dtype, which the support check sees.
+            # a key the model hides (a window it did not report) is exactly 0 in its pattern in every dtype
             hidden = bool(((seen == 0) & (now.pending > _SUPPORT)).any())
-            if hidden or not torch.allclose(now.pending, seen, atol=max(_PATTERN_ATOL, relative(pattern.dtype))):
+            if hidden or not torch.allclose(now.pending, seen, atol=pattern_atol(pattern.dtype)):
                 raise ModelError(
                     f"the attention pattern recomputed from q and k at layer {self.layer} differs from the model's "
                     f"by {(now.pending - seen).abs().max().item():.2g} (a local-attention window?), so this edge "
@@ -287,7 +328,7 @@ class ZKnockout(_Layer):
             return None
         h = self.heads.to(z.device)
         v = v[:, :, h].float()
-        visible = causal(z.shape[1], n_key, offset, z.device)[rows]
+        visible = causal(z.shape[1], n_key, offset, z.device, self.window)[rows]
         if self.spec.mode == "uniform":
             return self.average_z(z, v, rows, visible, scores, pattern)
         if pattern is None:
@@ -298,7 +339,7 @@ class ZKnockout(_Layer):
                     "use mode='zero' or 'mean'"
                 )
             k = k.repeat_interleave(self.group, dim=2)[:, :, h]
-            now.pending = hand_pattern(q[:, :, h], k, self.scale, offset)
+            now.pending = hand_pattern(q[:, :, h], k, self.scale, offset, self.window)
             p_old = now.pending[:, :, rows]
         else:
             p_old = pattern[:, h][:, :, rows].float()
