@@ -8,7 +8,7 @@ from typing import Any
 from headscope.errors import ConfigError
 from headscope.tasks._documents import HAYSTACKS, NEEDLES
 
-__all__ = ["DEFAULT_DATA", "GRID_2X2", "REAL", "SYNTHETIC", "PipelineConfig", "Variant"]
+__all__ = ["DEFAULT_DATA", "GRID_2X2", "GRID_2X3", "REAL", "SYNTHETIC", "PipelineConfig", "Variant"]
 
 #: The Lost-in-the-Middle oracle file, beside the project (see ``../shared/data/README.md``).
 DEFAULT_DATA = "../shared/data/nq-open-oracle.jsonl.gz"
@@ -57,6 +57,17 @@ GRID_2X2 = (
     Variant.of("natural", "diverse"),
     Variant.of("symbolic", "diverse"),
     Variant.of("natural", "symbolic"),
+    Variant.of("symbolic", "symbolic"),
+)
+
+#: Both needle extremes over all three haystacks (2 x 3): six synthetic variants, so a correlation
+#: across them can reach p < 0.05 (the smallest two-sided exact p is 1/12 for four points, 1/360 for six).
+GRID_2X3 = (
+    Variant.of("natural", "diverse"),
+    Variant.of("natural", "templated"),
+    Variant.of("natural", "symbolic"),
+    Variant.of("symbolic", "diverse"),
+    Variant.of("symbolic", "templated"),
     Variant.of("symbolic", "symbolic"),
 )
 
@@ -243,12 +254,14 @@ class PipelineConfig:
 
     @classmethod
     def smollm2(cls, **changes: Any) -> PipelineConfig:
-        """The seed paper's experiment on SmolLM2-135M-Instruct and real NQ multi-document QA, ~35-40 min on 2 cores.
+        """The seed paper's experiment on SmolLM2-135M-Instruct and real NQ multi-document QA, ~55 min on 2 cores.
 
         Five documents (~750 tokens in the chat format) with the gold one at positions 0 / 2 / 4:
         long enough for a position effect, short enough that one training step (forward and
-        backward, fused) takes about 6 s. Each of the five models (real and the 2 x 2 synthetic
-        grid) trains 32 steps of one example (32 examples) at ``lr=5e-5``. 16 held-out questions
+        backward, fused) takes about 6 s. Each of the seven models (real and the 2 x 3 synthetic
+        grid: natural and symbolic needles in diverse, templated and symbolic haystacks; six points
+        let the recall-score correlation reach p < 0.05, four cannot) trains 32 steps of one example
+        (32 examples) at ``lr=5e-5``. 16 held-out questions
         per position (48) score every model, and the base, by exact match in 24 generated tokens;
         36 of them (12 per position) give each model's heads, the other 12 (4 per position) are
         where knockout and patching measure.
@@ -263,7 +276,7 @@ class PipelineConfig:
         Measured: ~6 s per training step, ~1.5-3 s per generation, ~1.5 s per detection forward.
         """
         preset = cls(
-            variants=GRID_2X2,
+            variants=GRID_2X3,
             base="smollm2-135m-instruct",
             task="mdqa",
             n_docs=5,
