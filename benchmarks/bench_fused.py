@@ -1,7 +1,8 @@
 """Retrieval-head detection on the fused route vs Hugging Face sdpa, Wu-style decoding and the eager route.
 
-SmolLM2-135M-Instruct, one needle sample per length. Each method runs in its own subprocess so its
-peak memory is its own. ``--mode teacher_forced`` (prompt + answer - 1 tokens):
+SmolLM2-135M-Instruct (or ``--model``: a name, folder or hub id), one needle sample per length.
+Each method runs in its own subprocess so its peak memory is its own.
+``--mode teacher_forced`` (prompt + answer - 1 tokens):
 
 - ``hf_sdpa``: one Hugging Face forward (``attn_implementation="sdpa"``) over the same tokens,
   projecting logits only for the answer rows (``logits_to_keep``), as detection does, so the
@@ -64,7 +65,6 @@ def worker(method: str, n_tokens: int, args: argparse.Namespace) -> dict:
     from bench_retrieval import needle_samples
 
     import headscope as hs
-    from headscope.models import smollm2_folder
     from headscope.retrieval import detect_retrieval_heads
 
     warnings.filterwarnings("ignore")
@@ -75,7 +75,7 @@ def worker(method: str, n_tokens: int, args: argparse.Namespace) -> dict:
         pass
     dtype = getattr(torch, args.dtype)
     generation = args.mode == "generation"
-    model = hs.load_model(device=args.device, dtype=dtype)
+    model = hs.load_model(args.model, device=args.device, dtype=dtype)
     tokenizer = hs.models.tokenizer_of(model)
     sample = needle_samples(tokenizer, 1, n_tokens)[0]
     enc = sample.encode(tokenizer)
@@ -93,7 +93,7 @@ def worker(method: str, n_tokens: int, args: argparse.Namespace) -> dict:
         from transformers import AutoModelForCausalLM
 
         del model
-        hf = AutoModelForCausalLM.from_pretrained(smollm2_folder(), dtype=dtype, attn_implementation="sdpa")
+        hf = AutoModelForCausalLM.from_pretrained(model_folder(args.model), dtype=dtype, attn_implementation="sdpa")
         hf = hf.to(args.device).eval()
         n_rows = enc.answer_ids.numel()
 
@@ -123,6 +123,15 @@ def worker(method: str, n_tokens: int, args: argparse.Namespace) -> dict:
     return {"method": method, "tokens": int(tokens.shape[1]), "seconds": seconds, "peak_gb": peak}
 
 
+def model_folder(spec: str) -> Path:
+    """The Hugging Face folder behind a ``load_model`` spec: SmolLM2's converted folder, a folder, a cached hub id."""
+    from headscope.models import DEFAULT_MODEL, hub_folder, smollm2_folder
+
+    if spec.lower() == DEFAULT_MODEL:
+        return smollm2_folder()
+    return Path(spec) if Path(spec).is_dir() else hub_folder(spec)
+
+
 def decode(hf: object, ids: torch.Tensor, steps: int, *, wu: bool) -> None:
     """Greedy decoding of ``steps`` tokens with a KV cache; ``wu``: eager steps reading each head's top-1 key."""
     from transformers import DynamicCache
@@ -147,6 +156,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--methods", nargs="+", choices=sorted({m for ms in METHODS.values() for m in ms}))
     parser.add_argument("--new-tokens", type=int, default=24, help="generation: greedy steps per method")
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="a load_model name, folder or hub id")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--worker", nargs=2, metavar=("METHOD", "TOKENS"), help=argparse.SUPPRESS)
@@ -157,10 +167,10 @@ def main() -> None:
     methods = args.methods or list(METHODS[args.mode])
     memory = "peak alloc GB" if args.device.startswith("cuda") else "ΔRSS GB"
     what = "teacher-forced detection" if args.mode == "teacher_forced" else f"generation, {args.new_tokens} steps"
-    print(f"SmolLM2-135M-Instruct, {args.device} {args.dtype}, {args.threads} threads, {what}, one needle sample")
+    print(f"{args.model}, {args.device} {args.dtype}, {args.threads} threads, {what}, one needle sample")
     print(f"{'tokens':>6} {'method':>9} {'seconds':>8} {memory:>13}")
     passed = ["--threads", str(args.threads), "--mode", args.mode, "--new-tokens", str(args.new_tokens)]
-    passed += ["--device", args.device, "--dtype", args.dtype]
+    passed += ["--device", args.device, "--dtype", args.dtype, "--model", args.model]
     for n in args.lengths:
         results = {}
         for method in methods:

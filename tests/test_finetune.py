@@ -397,3 +397,20 @@ def test_attention_only_finetuning_of_smollm2_lowers_answer_loss_and_leaves_mlps
         with torch.no_grad():
             for n, p in select_parameters(smollm2, "attention").items():
                 p.copy_(attention[n])
+
+
+def test_all_trains_what_the_hugging_face_model_has_and_runs_on_the_fused_route():
+    """TransformerLens 3.9 adds a zero ``lm_head.bias`` that HF's Llama has no slot for: "all" leaves it out,
+    so the fused twin (which has no such slot either) can train every selected weight."""
+    from transformers import AutoModelForCausalLM
+
+    from headscope.models import tiny_folder
+
+    model = hs.load_model("tiny-llama")
+    hf = AutoModelForCausalLM.from_pretrained(tiny_folder("llama"))
+    hf_names = {name for name, _ in hf.named_parameters()}
+    chosen = select_parameters(model, "all")
+    assert set(chosen) == hf_names
+    data = [hs.Sample(f"The key is {w}. The key is", f" {w}") for w in ("red", "blue")]
+    result = finetune(model, data, train="all", lr=1e-3, steps=1, batch_size=2, attention="fused", progress=False)
+    assert result.trained == tuple(chosen)

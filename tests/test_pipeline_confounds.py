@@ -16,7 +16,7 @@ from headscope.compare import correlate
 from headscope.heads import Head
 from headscope.models import tiny_tokenizer
 from headscope.pipeline import PipelineConfig, PipelineResult, VariantResult, mdqa_samples, run_pipeline
-from headscope.pipeline._config import GRID_2X2
+from headscope.pipeline._config import GRID_2X3
 
 # -- which samples choose the heads, which test them (finding 4) ---------------------------------------------------
 
@@ -189,7 +189,7 @@ def test_real_and_synthetic_chat_samples_share_one_answer_format_on_the_tiny_tok
     tok = _chat_tokenizer()
     config = PipelineConfig.smollm2(data=str(nq_oracle_path), n_eval=2, n_train=4, n_analysis=None)
     endings = {name: _format_of(samples, tok, chat=True) for name, samples in _every_kind(config, tok)}
-    assert set(endings) == {"real eval", "real train", *(v.name for v in GRID_2X2)}
+    assert set(endings) == {"real eval", "real train", *(v.name for v in GRID_2X3)}
     assert len(set(map(frozenset, endings.values()))) == 1
 
 

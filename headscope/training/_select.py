@@ -57,7 +57,9 @@ def select_parameters(model: Any, train: Train = "attention") -> dict[str, nn.Pa
       has (zero) attention biases its Hugging Face model lacks; they are included.
     - ``"attention_weights"``: the same without biases, the attention weights the seed paper
       trains (Llama and Mistral have no attention biases), and the same set on every model kind.
-    - ``"all"``: everything but the fused ``qkv`` copies; for training from scratch.
+    - ``"all"``: everything but the fused ``qkv`` copies and, on a bridge, what the Hugging Face
+      model has no slot for (TransformerLens 3.9 adds a zero ``lm_head.bias``); for training
+      from scratch.
 
     >>> from headscope import load_model
     >>> list(select_parameters(load_model("tiny-llama"), "attention"))[:2]
@@ -75,7 +77,8 @@ def select_parameters(model: Any, train: Train = "attention") -> dict[str, nn.Pa
                 f"(for a regular expression, pass [{train!r}])"
             )
         if train == "all":
-            chosen = {n: p for n, p in named.items() if id(p) not in unused}
+            extra = _no_slot(model, named)
+            chosen = {n: p for n, p in named.items() if id(p) not in unused and n not in extra}
         else:
             attention = _attention_parameters(model) - unused
             chosen = {n: p for n, p in named.items() if id(p) in attention}
@@ -128,6 +131,29 @@ def _attention_parameters(model: Any) -> set[int]:
                 continue
             ids.add(id(param))
     return ids
+
+
+def _no_slot(model: Any, named: dict[str, nn.Parameter]) -> set[str]:
+    """Names of bridge parameters added to a Hugging Face module that its class gives no such slot.
+
+    TransformerLens 3.9 adds a zero ``bias`` to a bias-free ``lm_head``; the module exists in the
+    Hugging Face class, the parameter does not. Parameters of modules the bridge itself adds (GPT-2's
+    split ``q``/``k``/``v``) are not counted: they are what its forward computes with.
+    """
+    import torch
+
+    if model_kind(model) != "bridge":
+        return set()
+    original = model.original_model
+    with torch.device("meta"):
+        fresh = type(original)(original.config)
+    modules = dict(fresh.named_modules())
+    left = set()
+    for name in named:
+        path, _, attr = name.rpartition(".")
+        if path in modules and attr not in dict(modules[path].named_parameters(recurse=False)):
+            left.add(name)
+    return left
 
 
 def _fused_copies(model: Any) -> set[int]:

@@ -81,9 +81,9 @@ def finetune(
     (5, True)
     """
     encoded = prepare(model, samples, tokenizer)
-    forward = _forward(model, attention)
     _check_settings(lr, epochs, steps, batch_size, grad_accum, warmup, eval_every, schedule)
     chosen = select_parameters(model, train)
+    forward = _forward(model, attention, chosen)
     per_epoch = math.ceil(math.ceil(len(encoded) / batch_size) / grad_accum)
     total = steps if steps is not None else epochs * per_epoch
     settings = dict(
@@ -150,21 +150,29 @@ def finetune(
     )
 
 
-def _forward(model: Any, attention: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
+def _forward(
+    model: Any, attention: str, chosen: Mapping[str, nn.Parameter]
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """``None`` (call the model) for ``"eager"``; for ``"fused"`` the logits of an sdpa twin sharing its weights.
 
     ``"auto"`` is ``"fused"`` where a twin can stand in for the model (a fused-route architecture,
-    no hooks attached: an eager knockout's hooks must run) and ``"eager"`` elsewhere. The twin
-    honours a knockout active on the bridge's fused route.
+    no hooks attached: an eager knockout's hooks must run, and every ``chosen`` parameter used by
+    the twin: TransformerLens 3.9 adds a zero ``lm_head.bias`` that Hugging Face's model has no
+    slot for) and ``"eager"`` elsewhere. The twin honours a knockout active on the bridge's fused route.
     """
     if attention not in ("auto", "fused", "eager"):
         raise ConfigError(f"attention must be 'auto', 'fused' or 'eager'; got {attention!r}")
     reason = twin_unavailable(model) if attention != "eager" else "attention='eager'"
+    twin = hf_twin(model) if reason is None else None
+    if twin is not None:
+        shared = {id(p) for p in twin.parameters()}
+        left = [name for name, p in chosen.items() if id(p) not in shared]
+        if left:
+            reason = f"the twin has no slot for {', '.join(left[:3])}, which the bridge adds and train= selects"
     if reason is not None:
         if attention == "fused":
             raise ModelError(f"attention='fused' cannot train this model: {reason}. Use attention='auto'.")
         return None
-    twin = hf_twin(model)
     return lambda tokens: twin(tokens).logits
 
 
