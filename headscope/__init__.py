@@ -14,11 +14,15 @@ from headscope.ablation import KnockoutCurve as KnockoutCurve
 from headscope.ablation import knockout as knockout
 from headscope.ablation import knockout_curve as knockout_curve
 from headscope.compare import Correlation as Correlation
+from headscope.compare import LoadedHeads as LoadedHeads
 from headscope.compare import correlate as correlate
 from headscope.compare import head_set as head_set
 from headscope.compare import jaccard as jaccard
+from headscope.compare import load_heads as load_heads
+from headscope.compare import qrhead_string as qrhead_string
 from headscope.compare import rank_correlation as rank_correlation
 from headscope.compare import recall as recall
+from headscope.compare import write_duo_tsv as write_duo_tsv
 from headscope.errors import ConfigError as ConfigError
 from headscope.errors import ContextLengthError as ContextLengthError
 from headscope.errors import HeadIndexError as HeadIndexError
@@ -94,6 +98,7 @@ __all__ = [
     "InputTypeError",
     "Knockout",
     "KnockoutCurve",
+    "LoadedHeads",
     "MissingDependencyError",
     "ModelError",
     "ModelInfo",
@@ -129,6 +134,7 @@ __all__ = [
     "knockout_curve",
     "kv_retrieval",
     "load_folder",
+    "load_heads",
     "load_mdqa",
     "load_model",
     "load_musique",
@@ -140,6 +146,7 @@ __all__ = [
     "needle_grid",
     "patch_heads",
     "patched",
+    "qrhead_string",
     "random_heads",
     "rank_correlation",
     "real_mdqa",
@@ -151,4 +158,5 @@ __all__ = [
     "select_parameters",
     "supported",
     "to_tokens",
+    "write_duo_tsv",
 ]

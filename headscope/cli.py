@@ -334,31 +334,44 @@ def _compare(args: argparse.Namespace) -> int:
     from headscope.viz import recall_scatter
 
     _check_out(args)
-    reference, candidate = _read_scores(args.reference, "reference"), _read_scores(args.candidate, "candidate")
+    reference, candidate = _read_heads(args)
     cut = dict(top_k=args.top_k) if args.threshold is None else dict(threshold=args.threshold)
-    ref_set, cand_set = (HeadSet(tuple(head_set(s.scores, **cut)), s.shape) for s in (reference, candidate))
-    ranks = rank_correlation(reference.scores, candidate.scores, top_k=min(args.top_k, reference.scores.numel()))
+
+    def chosen(side: Any) -> Any:  # scored sides by the cut; a QRHead list by its first top_k
+        if side.scores is None:
+            return HeadSet(side.ranked[: args.top_k] if args.threshold is None else side.ranked, side.shape)
+        return HeadSet(tuple(head_set(side.scores, **cut)), side.shape)
+
+    ref_set, cand_set = chosen(reference), chosen(candidate)
+    scored = reference.scores is not None and candidate.scores is not None
+    ranks = rank_correlation(reference, candidate, top_k=min(args.top_k, reference.scores.numel())) if scored else None
     summary = {
         "reference": args.reference,
         "candidate": args.candidate,
+        "formats": [reference.format, candidate.format],
         "cut": cut,
         "n_reference": len(ref_set),
         "n_candidate": len(cand_set),
         "recall": recall(ref_set, cand_set),
         "jaccard": jaccard(ref_set, cand_set),
-        "spearman": ranks.spearman,
-        "top_k_overlap": ranks.overlap,
+        "spearman": ranks.spearman if ranks else None,
+        "top_k_overlap": ranks.overlap if ranks else None,
         "shared_heads": list((ref_set & cand_set).labels),
     }
     out = _out(args)
     (out / "comparison.json").write_text(json.dumps(summary, indent=2))
     import pandas as pd
 
+    def values(side: Any, heads: Any) -> Any:  # a list without scores: 1 for each chosen head
+        return (
+            side.to_frame()["value"] if side.scores is not None else side.to_frame()["label"].isin(heads.labels) * 1.0
+        )
+
     frame = pd.DataFrame(
         {
             "label": reference.to_frame()["label"],
-            "reference": reference.scores.flatten(),
-            "candidate": candidate.scores.flatten(),
+            "reference": values(reference, ref_set),
+            "candidate": values(candidate, cand_set),
         }
     )
     frame.to_csv(out / "comparison.csv", index=False)
@@ -367,11 +380,46 @@ def _compare(args: argparse.Namespace) -> int:
     figure.update_layout(xaxis_title=args.reference, yaxis_title=args.candidate)
     _report(out, "Head-set comparison", [("Scores of every head", figure), ("Summary", pd.DataFrame([summary]))])
     for key in ("recall", "jaccard", "spearman", "top_k_overlap"):
-        print(f"{key}: {summary[key]:.3f}")
+        print(f"{key}: {summary[key]:.3f}" if summary[key] is not None else f"{key}: n/a (a QRHead list has no scores)")
     print(f"head sets: {len(ref_set)} reference heads, {len(cand_set)} candidate heads (only heads scoring above 0)")
     print(f"shared heads: {', '.join(summary['shared_heads']) or 'none'}")
     print(f"wrote {out}/comparison.json, comparison.csv, report.html")
     return 0
+
+
+def _read_heads(args: argparse.Namespace) -> list[Any]:
+    """Both sides of ``compare`` as :class:`~headscope.compare.LoadedHeads`, checked against one model shape.
+
+    Score JSON (headscope's, Wu et al.'s, HeadKV's) says its own shape; DuoAttention's TSV and
+    QRHead strings take it from ``--model`` or from the other side.
+    """
+    from headscope.compare import detect_format, load_heads
+
+    sources = {"reference": args.reference, "candidate": args.candidate}
+    kinds = {}
+    for option, source in sources.items():
+        try:
+            kinds[option] = detect_format(source)
+        except FileNotFoundError as error:
+            raise ConfigError(
+                f"{option}: {error}; give a scores.json written by `headscope detect`, a Wu et al. / HeadKV "
+                "head_score JSON, DuoAttention's full_attention_heads.tsv or a QRHead attn_head_set string"
+            ) from None
+    shape: Any = None
+    if args.model:
+        from headscope.models import model_info
+
+        shape = model_info(_load_model(args.model, args.kind))
+    loaded: dict[str, Any] = {}
+    for option in sorted(sources, key=lambda o: kinds[o] in ("duo", "qrhead")):  # self-describing sides first
+        if shape is None and kinds[option] in ("duo", "qrhead"):
+            raise ConfigError(
+                f"{option} {sources[option]!r} is a {kinds[option]} head list, which does not say the model's "
+                "shape; pass --model (or compare it with a score JSON of the same model)"
+            )
+        loaded[option] = load_heads(sources[option], shape)
+        shape = shape or loaded[option].shape
+    return [loaded["reference"], loaded["candidate"]]
 
 
 def _paper(args: argparse.Namespace) -> int:
@@ -580,9 +628,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="weights to fine-tune (default: the preset's, all; the seed paper trains attention_weights only)",
     )
 
-    p = command("compare", _compare, "compare two score files: recall, Jaccard overlap, rank correlation")
-    p.add_argument("reference", help="scores.json of the reference model (e.g. real data)")
-    p.add_argument("candidate", help="scores.json of the candidate model (e.g. synthetic data)")
+    p = command("compare", _compare, "compare two head sets or score files: recall, Jaccard overlap, rank correlation")
+    heads_help = (
+        "scores.json, a Wu et al. / HeadKV head_score JSON, DuoAttention's full_attention_heads.tsv (or its folder) "
+        "or a QRHead attn_head_set string like 14-22,13-16"
+    )
+    p.add_argument("reference", help=f"the reference heads (e.g. real data): {heads_help}")
+    p.add_argument("candidate", help="the candidate heads (e.g. synthetic data), in any of the same forms")
+    p.add_argument(
+        "--model",
+        help="the model the heads belong to (a headscope model name, saved folder or hub id); needed only when "
+        "neither side is a score JSON, and it checks the heads against the model",
+    )
     p.add_argument("--top-k", type=int, default=20, help="head sets are the top k heads (default: %(default)s)")
     p.add_argument("--threshold", type=float, help="head sets are the heads scoring above this instead")
     return parser

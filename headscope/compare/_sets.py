@@ -9,12 +9,15 @@ import numpy as np
 import torch
 
 from headscope._types import Grid
+from headscope.compare._loaded import LoadedHeads
 from headscope.errors import ConfigError, HeadIndexError
 from headscope.heads import Head, Heads, HeadSet, as_heads
+from headscope.retrieval._scores import RetrievalScores
 
 __all__ = ["as_grid", "head_set", "jaccard", "recall"]
 
-Scores = Grid  # a [layer, head] score map; its shape is checked here
+#: A [layer, head] score map (its shape is checked here), or a result holding one.
+Scores = Grid | RetrievalScores | LoadedHeads
 
 
 def recall(reference: Heads, candidate: Heads) -> float:
@@ -26,7 +29,7 @@ def recall(reference: Heads, candidate: Heads) -> float:
     >>> recall([(0, 1), (2, 3), (4, 5), (6, 7)], ["L0H1", "L2H3", "L9H9"])
     0.5
     """
-    return _set(reference).recall(candidate)
+    return _set(reference).recall(_set(candidate))
 
 
 def jaccard(a: Heads, b: Heads) -> float:
@@ -35,15 +38,30 @@ def jaccard(a: Heads, b: Heads) -> float:
     >>> jaccard([(0, 1), (2, 3)], [(2, 3), (4, 5)])
     0.3333333333333333
     """
-    return _set(a).jaccard(b)
+    return _set(a).jaccard(_set(b))
 
 
 def _set(heads: Heads) -> HeadSet:
+    if isinstance(heads, LoadedHeads):
+        return heads.heads
     return heads if isinstance(heads, HeadSet) else HeadSet(tuple(as_heads(heads)))
 
 
 def as_grid(scores: Any, name: str = "scores") -> np.ndarray:
-    """A per-head score map as a float ``[layer, head]`` array (tensors, arrays and nested lists)."""
+    """A per-head score map as a float ``[layer, head]`` array.
+
+    Reads tensors, arrays, nested lists, :class:`~headscope.retrieval.RetrievalScores` (their mean
+    scores) and :class:`~headscope.compare.LoadedHeads` (their scores; a QRHead string has none).
+    """
+    if isinstance(scores, LoadedHeads):
+        if scores.scores is None:
+            raise ConfigError(
+                f"{name} is a {scores.format} head list ({scores.source}) without scores; "
+                "compare it as a set (hs.recall, hs.jaccard) or give a scored file"
+            )
+        scores = scores.scores
+    elif isinstance(scores, RetrievalScores):
+        scores = scores.scores
     grid = scores.detach().cpu().double().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores, float)
     if grid.ndim != 2 or grid.size == 0:
         raise ConfigError(f"{name} must be a non-empty [layer, head] grid; got shape {grid.shape}")
