@@ -27,7 +27,7 @@ run: setup
 	$(BIN)/headscope main
 
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 
 LINTED := $(wildcard headscope tests examples benchmarks scripts)
 
