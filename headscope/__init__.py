@@ -19,6 +19,7 @@ from headscope.compare import head_set as head_set
 from headscope.compare import jaccard as jaccard
 from headscope.compare import rank_correlation as rank_correlation
 from headscope.compare import recall as recall
+from headscope.compare import run_overlap as run_overlap
 from headscope.errors import ConfigError as ConfigError
 from headscope.errors import ContextLengthError as ContextLengthError
 from headscope.errors import HeadIndexError as HeadIndexError
@@ -55,8 +56,10 @@ from headscope.pipeline import PipelineResult as PipelineResult
 from headscope.pipeline import run_pipeline as run_pipeline
 from headscope.retrieval import AttentionRows as AttentionRows
 from headscope.retrieval import RetrievalScores as RetrievalScores
+from headscope.retrieval import Stability as Stability
 from headscope.retrieval import detect_retrieval_heads as detect_retrieval_heads
 from headscope.retrieval import record_attention as record_attention
+from headscope.retrieval import stability as stability
 from headscope.support import Support as Support
 from headscope.support import supported as supported
 from headscope.tasks import Sample as Sample
@@ -106,6 +109,7 @@ __all__ = [
     "Sample",
     "Span",
     "SpanError",
+    "Stability",
     "Support",
     "TaskError",
     "answer_accuracy",
@@ -146,9 +150,11 @@ __all__ = [
     "recall",
     "record_attention",
     "retrieval_success",
+    "run_overlap",
     "run_pipeline",
     "save_weights",
     "select_parameters",
+    "stability",
     "supported",
     "to_tokens",
 ]
