@@ -199,6 +199,8 @@ def _detect(args: argparse.Namespace) -> int:
 
 def _seed_overlap(out: Path, args: argparse.Namespace, results: dict[str, Any], start: float) -> int:
     """overlap.json, overlap.csv and report.html in ``out``: how the seeds' top-k and stable sets overlap."""
+    import pandas as pd
+
     from headscope.compare import run_overlap
 
     print(f"--- {len(results)} of {len(args.seeds)} seeds answered samples ---")
@@ -209,8 +211,6 @@ def _seed_overlap(out: Path, args: argparse.Namespace, results: dict[str, Any], 
     overlap.save(out / "overlap.json")
     frame = overlap.to_frame()
     frame.to_csv(out / "overlap.csv", index=False)
-    import pandas as pd
-
     sets = pd.DataFrame(
         {
             "run": overlap.labels,
