@@ -22,6 +22,7 @@ from headscope.compare import load_heads as load_heads
 from headscope.compare import qrhead_string as qrhead_string
 from headscope.compare import rank_correlation as rank_correlation
 from headscope.compare import recall as recall
+from headscope.compare import run_overlap as run_overlap
 from headscope.compare import write_duo_tsv as write_duo_tsv
 from headscope.errors import ConfigError as ConfigError
 from headscope.errors import ContextLengthError as ContextLengthError
@@ -59,8 +60,10 @@ from headscope.pipeline import PipelineResult as PipelineResult
 from headscope.pipeline import run_pipeline as run_pipeline
 from headscope.retrieval import AttentionRows as AttentionRows
 from headscope.retrieval import RetrievalScores as RetrievalScores
+from headscope.retrieval import Stability as Stability
 from headscope.retrieval import detect_retrieval_heads as detect_retrieval_heads
 from headscope.retrieval import record_attention as record_attention
+from headscope.retrieval import stability as stability
 from headscope.support import Support as Support
 from headscope.support import supported as supported
 from headscope.tasks import Sample as Sample
@@ -111,6 +114,7 @@ __all__ = [
     "Sample",
     "Span",
     "SpanError",
+    "Stability",
     "Support",
     "TaskError",
     "answer_accuracy",
@@ -153,9 +157,11 @@ __all__ = [
     "recall",
     "record_attention",
     "retrieval_success",
+    "run_overlap",
     "run_pipeline",
     "save_weights",
     "select_parameters",
+    "stability",
     "supported",
     "to_tokens",
     "write_duo_tsv",

@@ -8,6 +8,11 @@ gold answer is the whole needle sentence, and a sample counts when its ROUGE-1 r
 and the output names the needle's value as a whole word (a copied sentence with the wrong value
 recalls most words too). Every subcommand judges answers by this one rule
 (:data:`headscope.retrieval.DEFAULT_SUCCESS`), ``knockout --metric generation`` included.
+
+``detect`` and ``main`` also bootstrap the answered samples (:func:`headscope.retrieval.stability`)
+and print the heads in the top ``--top`` (10) of at least 90% of the resamples. ``--seeds 0 1 2``
+runs one detection per needle set (task seed) into ``OUT/seed-S`` and reports in ``OUT`` how their
+top-k and stable sets overlap (:func:`headscope.compare.run_overlap`).
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ MAIN_LENGTHS = (1000, 2000, 4000, 7900)
 #: to token lengths, so they are built after the model's tokenizer loads; ``--span`` is checked
 #: against these labels before that.
 NEEDLE_SPANS = ("answer", "needle")
+#: ``detect`` and ``main``: bootstrap resamples of the answered samples, and the share of them a head
+#: must be in the top ``--top`` of to be reported stable.
+N_BOOT = 1000
+STABLE_SHARE = 0.9
 
 
 def _load_model(
@@ -161,15 +170,79 @@ def _report(out: Path, title: str, sections: Sequence[Any]) -> None:
 
 
 def _detect(args: argparse.Namespace) -> int:
-    from headscope.retrieval import DEFAULT_SUCCESS, RETRIEVAL_THRESHOLD, SuccessLog, detect_retrieval_heads
-
+    """One detection, or with ``--seeds`` one per seed (into ``OUT/seed-S``) and their overlap in ``OUT``."""
     start = time.perf_counter()
     _check_out(args)
     _at_least(1, max_new_tokens=args.max_new_tokens)
     _at_least(0, top=args.top)
     _check_weights(args.weights, "--weights", args.kind)
-    built = _check_task(args, args.span)
+    if args.seeds is None:
+        built = _check_task(args, args.span)
+        model = _load_model(args.model, args.kind, args.weights, device=args.device, dtype=args.dtype)
+        return _detect_one(args, model, built, _out(args), start)[0]
+    if len(set(args.seeds)) != len(args.seeds) or len(args.seeds) < 2:
+        raise ConfigError(f"--seeds needs at least 2 distinct seeds; got {args.seeds}")
+    if args.top < 1:
+        raise ConfigError("--seeds compares the runs' top --top heads; give --top 1 or more")
+    runs = {seed: argparse.Namespace(**{**vars(args), "seed": seed}) for seed in args.seeds}
+    built = {seed: _check_task(run, args.span) for seed, run in runs.items()}  # every seed's task, before the model
     model = _load_model(args.model, args.kind, args.weights, device=args.device, dtype=args.dtype)
+    out = _out(args)
+    results = {}
+    for seed, run in runs.items():
+        print(f"--- seed {seed} ---", flush=True)
+        _, stability = _detect_one(run, model, built[seed], out / f"seed-{seed}", start)
+        if stability is not None:
+            results[f"seed {seed}"] = stability
+    return _seed_overlap(out, args, results, start)
+
+
+def _seed_overlap(out: Path, args: argparse.Namespace, results: dict[str, Any], start: float) -> int:
+    """overlap.json, overlap.csv and report.html in ``out``: how the seeds' top-k and stable sets overlap."""
+    import pandas as pd
+
+    from headscope.compare import run_overlap
+
+    print(f"--- {len(results)} of {len(args.seeds)} seeds answered samples ---")
+    if len(results) < 2:
+        print("fewer than 2 seeds have scores, so there is no overlap to report")
+        return 1
+    overlap = run_overlap(results, threshold=STABLE_SHARE)
+    overlap.save(out / "overlap.json")
+    frame = overlap.to_frame()
+    frame.to_csv(out / "overlap.csv", index=False)
+    sets = pd.DataFrame(
+        {
+            "run": overlap.labels,
+            f"top {overlap.top_k}": [", ".join(map(str, s)) for s in overlap.tops],
+            "stable": [", ".join(map(str, s)) for s in overlap.stables],
+        }
+    )
+    common_top, common_stable = (", ".join(map(str, overlap.common(w))) or "none" for w in ("top", "stable"))
+    _report(
+        out,
+        f"Retrieval heads of {args.model} over {len(results)} needle sets",
+        [
+            ("Pairwise Jaccard overlap of the top-k and of the stable sets", overlap.plot()),
+            ("Each run's sets", sets),
+            ("Pairs of runs", frame),
+            ("Heads common to every run", f"<p>top {overlap.top_k}: {common_top}</p><p>stable: {common_stable}</p>"),
+        ],
+    )
+    print(frame[["a", "b", "jaccard_top", "jaccard_stable"]].to_string(index=False, float_format="{:.3f}".format))
+    print(f"in the top {overlap.top_k} of every seed: {common_top}")
+    print(f"stable (top {overlap.top_k} in >= {STABLE_SHARE:.0%} of resamples) in every seed: {common_stable}")
+    seeds = ", ".join(f"seed-{s}/" for s in args.seeds)
+    print(f"wrote {out}/{{overlap.json, overlap.csv, report.html}} and {seeds} in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def _detect_one(
+    args: argparse.Namespace, model: Any, built: list[Any] | None, out: Path, start: float
+) -> tuple[int, Any]:
+    """Detect on ``args``' samples, write everything into ``out``; the exit code and the bootstrap (or ``None``)."""
+    from headscope.retrieval import DEFAULT_SUCCESS, RETRIEVAL_THRESHOLD, SuccessLog, detect_retrieval_heads
+
     samples = _samples(args, model, built)
     print(f"{args.model}: {len(samples)} {args.task} samples, {args.mode} detection ({args.attention})", flush=True)
     log = SuccessLog(DEFAULT_SUCCESS)
@@ -183,7 +256,7 @@ def _detect(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         success=log,
     )
-    out = _out(args)
+    out.mkdir(parents=True, exist_ok=True)
     scores.save(out / "scores.json")
     scores.to_wu_json(out / "head_score.json")
     scores.to_frame().to_csv(out / "scores.csv", index=False)
@@ -197,22 +270,51 @@ def _detect(args: argparse.Namespace) -> int:
             attention.save(out / "attention.json")
         except ValueError as error:  # e.g. an answer repeated so often that the window holds too many tokens
             print(f"the report shows no attention view: {error}")
-    _detect_report(out, args.model, scores, outcomes, attention)
+    stability = _stability(scores, args.top, out)
+    _detect_report(out, args.model, scores, outcomes, attention, stability)
     if scores.n_counted == 0:
         print(
             "no sample was answered, so no head has a score; try shorter contexts, another task, "
             "--mode generation, or an --answer-prefix that makes the gold answer the model's next words"
         )
-        return 1
+        return 1, None
     print(f"top {args.top} heads:")
     for head, score in scores.top(args.top):
         print(f"  {head}  {score:.3f}")
     values = scores.scores
     share = float((values > RETRIEVAL_THRESHOLD).float().mean())
     print(f"heads above {RETRIEVAL_THRESHOLD}: {share:.1%} of {values.numel()}")
+    if stability is not None:
+        _print_stable(stability)
     files = ["scores.json", "head_score.json", "scores.csv", "outcomes.csv"] + (["attention.json"] if attention else [])
+    files += ["stability.json", "stability.csv"] if stability else []
     print(f"wrote {out}/{{{', '.join([*files, 'report.html'])}}} in {time.perf_counter() - start:.0f} s")
-    return 0
+    return 0, stability
+
+
+def _stability(scores: Any, top: int, out: Path) -> Any:
+    """Bootstrap the answered samples (:func:`headscope.retrieval.stability`) and save it; ``None`` if none was."""
+    from headscope.retrieval import stability
+
+    if scores.n_counted == 0 or top < 1:
+        return None
+    result = stability(scores, top_k=top, n_boot=N_BOOT)
+    result.save(out / "stability.json")
+    result.to_frame().to_csv(out / "stability.csv", index=False)
+    return result
+
+
+def _print_stable(result: Any) -> None:
+    stable = result.stable(STABLE_SHARE)
+    print(
+        f"heads in the top {result.top_k} in at least {STABLE_SHARE:.0%} of {result.n_boot} bootstrap resamples "
+        f"of the {result.n_samples} answered samples: {len(stable)}"
+    )
+    for head in stable:
+        print(
+            f"  {head}  P={result.p_top[head].item():.3f}  score {result.score[head].item():.3f} "
+            f"[{result.low[head].item():.3f}, {result.high[head].item():.3f}]"
+        )
 
 
 def _top_heads_attention(model: Any, log: Any, scores: Any, span: str, n_heads: int = 3, max_length: int = 2000) -> Any:
@@ -231,7 +333,7 @@ def _top_heads_attention(model: Any, log: Any, scores: Any, span: str, n_heads: 
     return record_attention(model, log.replay(index), heads, span=span, window=16)
 
 
-def _detect_report(out: Path, model: str, scores: Any, outcomes: Any, attention: Any) -> None:
+def _detect_report(out: Path, model: str, scores: Any, outcomes: Any, attention: Any, stability: Any = None) -> None:
     """report.html of a detection run; a knockout.json already in ``out`` adds its curve."""
     from headscope.retrieval import RETRIEVAL_THRESHOLD
     from headscope.viz import retrieval_report
@@ -242,7 +344,13 @@ def _detect_report(out: Path, model: str, scores: Any, outcomes: Any, attention:
 
         knockout = KnockoutCurve.load(out / "knockout.json")
     sections = retrieval_report(
-        scores, outcomes=outcomes, attention=attention, knockout=knockout, threshold=RETRIEVAL_THRESHOLD
+        scores,
+        outcomes=outcomes,
+        attention=attention,
+        knockout=knockout,
+        stability=stability,
+        threshold=RETRIEVAL_THRESHOLD,
+        stable_share=STABLE_SHARE,
     )
     _report(out, f"Retrieval heads of {model}", sections)
 
@@ -564,7 +672,20 @@ def build_parser() -> argparse.ArgumentParser:
             "document and 'Paris' in the answer match, or same token id, as Wu et al. (default: %(default)s)",
         )
         p.add_argument("--max-new-tokens", type=int, default=32, help="generation mode: tokens to decode")
-        p.add_argument("--top", type=int, default=10, help="how many top heads to print (default: %(default)s)")
+        p.add_argument(
+            "--top",
+            type=int,
+            default=10,
+            help="how many top heads to print; a bootstrap over the answered samples reports the heads in the top "
+            f"--top of at least {STABLE_SHARE:.0%} of {N_BOOT} resamples (default: %(default)s)",
+        )
+        p.add_argument(
+            "--seeds",
+            type=int,
+            nargs="+",
+            help="one detection per task seed (needle sets), each into OUT/seed-S, and their overlap into OUT: "
+            "pairwise Jaccard of the top --top and of the stable sets, and the heads common to all (overrides --seed)",
+        )
         if name == "main":  # Wu et al.'s setting: decode, copy the whole needle sentence, lengths up to 8k
             p.set_defaults(
                 mode="generation",

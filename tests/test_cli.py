@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from headscope.cli import MAIN_LENGTHS, build_parser, main
-from headscope.retrieval import DEFAULT_SUCCESS, RetrievalScores
+from headscope.retrieval import DEFAULT_SUCCESS, RetrievalScores, Stability
 
 
 def _scores(path, grid, model="m"):
@@ -219,6 +219,11 @@ def test_main_on_a_small_grid_copies_needle_sentences_on_the_fused_route(smollm2
     assert ((per_sample > 0) & (per_sample < 1)).any() and scores.top(1)[0][1] > 0.3, printed
     html = (out / "report.html").read_text()
     assert "Retrieval heads of smollm2-135m-instruct" in html and (out / "attention.json").is_file()
+    # the bootstrap over the answered samples: printed, saved and plotted
+    boot = Stability.load(out / "stability.json")
+    assert boot.n_samples == scores.n_counted and boot.n_boot == 1000 and boot.top_k == 10
+    assert f"heads in the top 10 in at least 90% of 1000 bootstrap resamples of the {scores.n_counted}" in printed
+    assert all(f"  {head}  P=" in printed for head in boot.stable(0.9)) and 'id="figure-stability"' in html
 
 
 def _walk_cases(tmp_path):

@@ -38,6 +38,17 @@ def _detect(ns: dict) -> None:
     assert Path("scores.json").is_file() and Path("head_score.json").is_file()
 
 
+def _stability(ns: dict) -> None:
+    import headscope as hs
+
+    scores, boot = ns["scores"], ns["boot"]
+    stable = boot.stable(0.9)
+    print(f"\nREADME stability: stable {[str(h) for h in stable]}, P(top 10) of the top head {boot.p_top.max():.3f}")
+    assert boot.n_samples == scores.n_counted and boot.top == tuple(hs.head_set(scores.scores, top_k=10))
+    assert all(boot.p_top[h] >= 0.9 for h in stable) and (boot.low <= boot.high).all()
+    assert scores.top(1)[0][0] in stable, "the leading head (score above 0.5) stays in the top 10"
+
+
 def _knockout(ns: dict) -> None:
     curve, sample = ns["curve"], ns["samples"][0]
     print(f"\nREADME knockout curve: clean {curve.baseline:.3f}, top {curve.top}, random mean "
@@ -104,6 +115,7 @@ def _models(ns: dict) -> None:
 CHECKS: list[tuple[str, Callable[[dict], None]]] = [
     ("model = hs.load_model()", _setup),
     ("scores = hs.detect_retrieval_heads(model, samples)", _detect),
+    ("boot = hs.stability(", _stability),
     ("curve = hs.knockout_curve(", _knockout),
     ("view = hs.attention_view(", _view),
     ("mdqa = hs.mdqa(", _tasks),

@@ -3,7 +3,8 @@
 :func:`detect_retrieval_heads` scores every head by greedy generation (Wu et al.'s procedure)
 or by one teacher-forced forward pass, on the eager route or the fused one (sdpa attention,
 only the scored rows recomputed); :class:`RetrievalScores` holds the result as sums and
-counts that merge across runs and machines. :func:`record_attention` keeps a few heads'
+counts that merge across runs and machines; :func:`stability` bootstraps them over samples (a score
+interval per head and how often it lands in the top k). :func:`record_attention` keeps a few heads'
 attention around the needle for :func:`headscope.viz.attention_view` to draw.
 """
 
@@ -22,6 +23,8 @@ from headscope.retrieval._routes import Attention as Attention
 from headscope.retrieval._scores import RETRIEVAL_THRESHOLD as RETRIEVAL_THRESHOLD
 from headscope.retrieval._scores import RetrievalScores as RetrievalScores
 from headscope.retrieval._scores import Score as Score
+from headscope.retrieval._stability import Stability as Stability
+from headscope.retrieval._stability import stability as stability
 from headscope.retrieval._top1 import count_hits as count_hits
 
 __all__ = [
@@ -34,6 +37,7 @@ __all__ = [
     "RetrievalScores",
     "RougeRecall",
     "Score",
+    "Stability",
     "SuccessLog",
     "all_gather_scores",
     "count_hits",
@@ -41,4 +45,5 @@ __all__ = [
     "greedy_steps",
     "record_attention",
     "shard_samples",
+    "stability",
 ]

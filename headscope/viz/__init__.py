@@ -12,6 +12,7 @@ The figures of a retrieval run's report, one call each::
     needle_heatmap(log.to_frame())                       # answer success per length x depth
     head_map(scores.scores, threshold=0.1, label_top=5)  # the head map, Wu et al.'s cut outlined
     attention_view(record_attention(model, sample, [h for h, _ in scores.top(3)]))
+    stability_figure(stability(scores).to_frame(), top_k=10)  # P(top 10) over bootstrap resamples
     knockout_curve_figure(curve.to_frame())              # top heads against random heads
     ranked_table(scores.to_frame())                      # every head, top 20 shown
     save_report("report.html", "run", retrieval_report(scores, outcomes=log.to_frame(), ...))
@@ -36,4 +37,6 @@ from headscope.viz._report import Section as Section
 from headscope.viz._report import html_report as html_report
 from headscope.viz._report import save_report as save_report
 from headscope.viz._retrieval_page import retrieval_report as retrieval_report
+from headscope.viz._stability import overlap_figure as overlap_figure
+from headscope.viz._stability import stability_figure as stability_figure
 from headscope.viz._table import ranked_table as ranked_table

@@ -2,9 +2,10 @@
 
 1. the needle-in-a-haystack picture: answer success per (context length x needle depth);
 2. the head map, Wu et al.'s 0.1 threshold outlined and the top heads labelled;
-3. what the top heads do: their attention around the needle on one answered sample;
-4. knockout of the top heads against random heads (when the run has one);
-5. every head sorted by score, the top rows shown and the rest folded.
+3. how stable the top k is: P(top k) per head over bootstrap resamples of the samples (when given);
+4. what the top heads do: their attention around the needle on one answered sample;
+5. knockout of the top heads against random heads (when the run has one);
+6. every head sorted by score, the top rows shown and the rest folded.
 
 Each figure comes from one public ``viz`` function; this module only adds the captions.
 """
@@ -18,11 +19,12 @@ from headscope.viz._figures import knockout_curve_figure
 from headscope.viz._heads import head_map
 from headscope.viz._needle import needle_heatmap
 from headscope.viz._report import Section
+from headscope.viz._stability import stability_figure
 from headscope.viz._table import ranked_table
 
 if TYPE_CHECKING:
     from headscope.ablation import KnockoutCurve
-    from headscope.retrieval import AttentionRows, RetrievalScores
+    from headscope.retrieval import AttentionRows, RetrievalScores, Stability
 
 __all__ = ["retrieval_report"]
 
@@ -33,7 +35,9 @@ def retrieval_report(
     outcomes: Any = None,
     attention: AttentionRows | None = None,
     knockout: KnockoutCurve | None = None,
+    stability: Stability | None = None,
     threshold: float = 0.1,
+    stable_share: float = 0.9,
     label_top: int = 5,
     shown: int = 20,
 ) -> list[Section]:
@@ -42,7 +46,9 @@ def retrieval_report(
     ``outcomes`` is a frame with one row per sample (``length``, ``depth``, ``success``, e.g.
     :meth:`headscope.retrieval.SuccessLog.to_frame`); ``attention`` a record of
     :func:`headscope.retrieval.record_attention`; ``knockout`` a
-    :class:`~headscope.ablation.KnockoutCurve`. Sections whose input is missing are left out,
+    :class:`~headscope.ablation.KnockoutCurve`; ``stability`` a
+    :func:`headscope.retrieval.stability` of ``scores``, whose section names the heads in the top
+    k of at least ``stable_share`` of the resamples. Sections whose input is missing are left out,
     as is the needle picture when no sample has a length and a depth. ``threshold`` is Wu et
     al.'s cut (0.1).
 
@@ -86,6 +92,27 @@ def retrieval_report(
                 f"{above / n_heads:.1%} of heads ({above}) score above Wu et al.'s {threshold:g} (outlined), "
                 f"the top {min(label_top, n_heads)} are labelled.",
                 "heads",
+            )
+        )
+    if stability is not None:
+        stable = stability.stable(stable_share)
+        k = stability.top_k
+        sections.append(
+            Section(
+                f"How stable the top {k} is: {len(stable)} heads in the top {k} of at least {stable_share:.0%} "
+                "of resamples",
+                stability_figure(
+                    stability.to_frame(),
+                    top_k=k,
+                    threshold=stable_share,
+                    title=f"how stable the top {k} is: {stability.model}",
+                ),
+                f"The {stability.n_samples} answered samples redrawn with replacement {stability.n_boot} times "
+                f"(seed {stability.seed}); top: the share of resamples whose top {k} (heads scoring above 0) holds "
+                f"each head, dark at or above {stable_share:.0%}; bottom: its score with the "
+                f"{stability.confidence:.0%} percentile interval. Stable heads: "
+                f"{', '.join(map(str, stable)) or 'none'}.",
+                "stability",
             )
         )
     if attention is not None:
