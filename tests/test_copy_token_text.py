@@ -108,6 +108,18 @@ def test_the_blind_sample_warning_knows_text_matching(tiny_llama) -> None:
         detect_retrieval_heads(tiny_llama, samples, match="text", **kwargs)
 
 
+def test_the_blind_sample_warning_names_the_cause_of_the_match_in_use(tiny_llama) -> None:
+    """An answer absent from its span: under "id" the hint is match='text'; under "text" it is the wording."""
+    prompt = "the city was quiet. john found a key. what did john find? "
+    samples = [Sample(prompt, "door", (Span("answer", 0, 8),))]
+    kwargs = dict(span="answer", success=always, require_prediction=False, progress=False)
+    for match, cause in (("id", "match='text'"), ("text", "words the answer differently")):
+        with pytest.warns(UserWarning, match="none of their gold answer tokens") as caught:
+            detect_retrieval_heads(tiny_llama, samples, match=match, **kwargs)
+        message = " ".join(str(w.message) for w in caught)
+        assert cause in message and (match == "id") == ("match='text'" in message)
+
+
 def test_mass_scores_do_not_record_a_match(tiny_llama) -> None:
     samples = _single_token_samples(tiny_llama.tokenizer)
     mass = detect_retrieval_heads(tiny_llama, samples, span="answer", score="mass", success=always, progress=False)

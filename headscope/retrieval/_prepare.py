@@ -95,11 +95,15 @@ def prepare(
     if extra_tokens is None:
         blind = [i for i, p in enumerate(prepared) if not _needle_holds_answer(p, same or (lambda ids: ids))]
         if blind:
+            why = (
+                "the span words the answer differently (another case, spelling or form)"
+                if getattr(same, "match", "id") == "text"
+                else "the answer is probably tokenized differently inside the prompt (check the leading space "
+                "of Sample.answer, or detect with match='text', which takes ' Paris' and 'Paris' for one token)"
+            )
             warnings.warn(
                 f"{len(blind)} samples hold none of their gold answer tokens inside the {span!r} span "
-                f"(first: {blind[:5]}), so no head can score on them; the answer is probably tokenized "
-                "differently inside the prompt (check the leading space of Sample.answer, or detect with "
-                "match='text', which takes ' Paris' and 'Paris' for one token)",
+                f"(first: {blind[:5]}), so no head can score on them; {why}",
                 stacklevel=3,
             )
     return prepared
