@@ -321,11 +321,7 @@ def test_patch_heads_equals_hf_with_the_heads_output_replaced(case: Case, route:
 
 # -- HookedTransformer (TransformerLens 3.x) --------------------------------------------------------------
 
-HOOKED = ["gpt2", pytest.param("llama3", marks=pytest.mark.xfail(
-    strict=True,
-    reason="headscope.models._convert builds Llama's HookedTransformerConfig without rope_type llama3 "
-    "(use_NTK_by_parts_rope and its factors), so a Llama 3 HookedTransformer attends with unscaled rotary",
-))]  # fmt: skip
+HOOKED = ["gpt2", "llama3"]  # llama3: its rotary scaling becomes HookedTransformer's NTK-by-parts
 
 
 @pytest.mark.skipif("hooked" not in available_kinds(), reason="HookedTransformer was removed in TransformerLens 4")
@@ -364,3 +360,19 @@ def test_every_family_has_three_layers_and_four_query_heads() -> None:
     for name, family in FAMILIES.items():
         config = family.config(1024, 0)
         assert (config.num_hidden_layers, config.num_attention_heads) == (3, 4), name
+
+
+@pytest.mark.skipif("hooked" not in available_kinds(), reason="HookedTransformer was removed in TransformerLens 4")
+def test_hooked_transformer_refuses_a_rotary_scaling_it_cannot_apply(tmp_path) -> None:
+    """Linear rope scaling has no HookedTransformer counterpart: refused, not run as unscaled rotary."""
+    import json
+    import shutil
+
+    folder = tmp_path / "linear"
+    shutil.copytree(family_folder("llama3"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    scaling = {"rope_type": "linear", "factor": 4.0}
+    config.update(rope_scaling=scaling, rope_parameters={**config.get("rope_parameters", {}), **scaling})
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match=r"rope_type='linear'.*kind='bridge'"):
+        hs.load_folder(folder, kind="hooked")

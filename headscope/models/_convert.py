@@ -71,6 +71,30 @@ def _hooked_from_folder(path: Path, *, device: str | torch.device, dtype: torch.
     return model.to(device).eval()
 
 
+def _hooked_rope_scaling(hf_config: Any, rope: dict[str, Any]) -> dict[str, Any]:
+    """HookedTransformerConfig fields for a Llama config's rotary scaling: Llama 3's NTK-by-parts, else none.
+
+    Other scalings (linear, dynamic, yarn, ...) have no HookedTransformer counterpart, so they are
+    refused rather than silently run as unscaled rotary.
+    """
+    scaling = dict(getattr(hf_config, "rope_scaling", None) or {}) | rope
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return {}
+    if kind != "llama3":
+        raise ModelError(
+            f"kind='hooked' cannot apply this model's rotary scaling rope_type={kind!r} (HookedTransformer "
+            "knows only Llama 3's); use kind='bridge', which runs Hugging Face's rotary"
+        )
+    return dict(
+        use_NTK_by_parts_rope=True,
+        NTK_by_parts_factor=float(scaling["factor"]),
+        NTK_by_parts_low_freq_factor=float(scaling.get("low_freq_factor", 1.0)),
+        NTK_by_parts_high_freq_factor=float(scaling.get("high_freq_factor", 4.0)),
+        NTK_original_ctx_len=int(scaling.get("original_max_position_embeddings", hf_config.max_position_embeddings)),
+    )
+
+
 def _hooked_config(hf_config: Any, *, dtype: torch.dtype, device: str | torch.device) -> Any:
     from transformer_lens import HookedTransformerConfig
 
@@ -99,6 +123,7 @@ def _hooked_config(hf_config: Any, *, dtype: torch.dtype, device: str | torch.de
             original_architecture=arch,
             dtype=dtype,
             device=str(device),
+            **_hooked_rope_scaling(hf_config, rope),
         )
     if arch == "GPT2LMHeadModel":
         return HookedTransformerConfig(
