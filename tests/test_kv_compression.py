@@ -1,0 +1,345 @@
+"""KV-cache compression from a head set: the policy, the real compressed cache, the curve.
+
+The compressed cache is checked against independent computations: TransformerLens's own eager
+attention with the streaming heads' out-of-band scores set to -inf by a hook (no cache at all),
+and, on families whose bridges compute attention in Hugging Face code, a hand-written eager
+attention function over the whole sequence with the same band mask.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import AttentionInterface, DynamicCache
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+import headscope as hs
+from headscope.compare import LoadedHeads
+from headscope.compression import (
+    CompressedCache,
+    CompressedDecoder,
+    CompressionCurve,
+    KVPolicy,
+    generate_compressed,
+    kept_positions,
+)
+from headscope.compression._cache import band
+from headscope.models._families import family_folder
+from headscope.models._fused import hf_twin, user_hooks
+from headscope.models._fused_attention import fused_state
+
+SINK, WINDOW = 2, 5
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return hs.load_model("tiny-llama")
+
+
+def _tokens(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(1, 1000, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+def _greedy(step, prompt: torch.Tensor, n: int) -> tuple[list[int], list[torch.Tensor]]:
+    """Greedy tokens and each step's last-row logits from ``step(tokens) -> logits``."""
+    logits = step(prompt)[:, -1]
+    tokens, rows = [], [logits]
+    for _ in range(n):
+        tokens.append(int(logits.argmax()))
+        logits = step(torch.tensor([[tokens[-1]]]))[:, -1]
+        rows.append(logits)
+    return tokens, rows
+
+
+def _cached(twin):
+    """``step(tokens) -> logits`` of ``twin`` with a fresh uncompressed cache."""
+    cache = DynamicCache()
+    return lambda tokens: twin(tokens, use_cache=True, past_key_values=cache).logits
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """float32 agreement: sdpa and eager attention differ in the last bits, scaled by the logits."""
+    return torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+
+
+def _mixed(model) -> KVPolicy:
+    """L0 KV head 1 and L1 KV head 0 full, the other two streaming."""
+    return hs.kv_policy(["L0H2", "L1H0"], model, sink=SINK, window=WINDOW)
+
+
+# --- a 100%-full policy is the uncompressed model --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_full_policy_equals_the_uncompressed_fused_route_bit_for_bit(family, llama):
+    model = llama if family == "llama" else hs.load_model(str(family_folder(family)))
+    policy = hs.kv_policy(torch.rand(hs.model_info(model).shape), model, full_fraction=1.0, window=WINDOW)
+    assert policy.n_full == policy.full.numel()
+    with torch.no_grad():
+        compressed = _greedy(CompressedDecoder(model, policy), _tokens(40), 6)
+        plain = _greedy(_cached(hf_twin(model)), _tokens(40), 6)
+        bridge = model(torch.cat([_tokens(40), torch.tensor([compressed[0][:-1]])], dim=1))
+    assert compressed[0] == plain[0]
+    assert all(torch.equal(a, b) for a, b in zip(compressed[1], plain[1], strict=True))  # bitwise
+    # ... and the bridge's own eager forward (TransformerLens attention) agrees to float32 rounding
+    assert _close(torch.stack(compressed[1][:-1], 1)[0], bridge[0, 39:])
+
+
+# --- streaming heads never read an evicted key ---------------------------------------------------------------
+
+
+def _band_hooks(policy: KVPolicy, n: int):
+    """TransformerLens hooks that hide, on streaming heads, every key outside sink + window (by hand)."""
+    positions = torch.arange(n)
+    outside = ~band(positions, positions, policy.sink, policy.window)  # [query, key]
+
+    def hook_for(layer: int):
+        heads = [h for h in range(policy.n_heads) if not policy.full[layer, h // policy.group]]
+
+        def hide(scores, hook):
+            scores = scores.clone()
+            scores[:, heads] = scores[:, heads].masked_fill(outside, float("-inf"))
+            return scores
+
+        return hide
+
+    return [(f"blocks.{layer}.attn.hook_attn_scores", hook_for(layer)) for layer in range(policy.shape[0])]
+
+
+def test_streaming_heads_match_full_attention_with_evicted_keys_masked_by_hand(llama):
+    policy = _mixed(llama)
+    assert hs.model_info(llama).score_edits  # the llama bridge honours score edits (the reference relies on it)
+    prompt = _tokens(30)
+    with torch.no_grad():
+        tokens, rows = _greedy(CompressedDecoder(llama, policy), prompt, 5)
+        sequence = torch.cat([prompt, torch.tensor([tokens[:-1]])], dim=1)
+        with hs.attached(llama, _band_hooks(policy, sequence.shape[1])):
+            reference = llama(sequence)[0, 29:]
+        unmasked = llama(sequence)[0, 29:]
+    assert _close(torch.stack(rows[:-1], 1)[0], reference)
+    assert not _close(reference, unmasked)  # the band changes the logits, so the check has teeth
+    assert user_hooks(llama) == []
+
+
+def _hand_attention(policy: KVPolicy):
+    """Eager attention over the whole sequence, the model's mask and, for streaming heads, the band."""
+
+    def attend(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None, **kwargs):
+        group = query.shape[1] // key.shape[1]
+        key, value = key.repeat_interleave(group, 1), value.repeat_interleave(group, 1)
+        scores = (query @ key.transpose(-1, -2)) * scaling
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
+        n_q, n_k = query.shape[2], key.shape[2]
+        visible = torch.ones(n_q, n_k, dtype=torch.bool).tril(n_k - n_q)[None, None]
+        if attention_mask is not None:
+            visible = visible & attention_mask.bool()
+        positions = torch.arange(n_k)
+        streaming = torch.tensor([not policy.full[module.layer_idx, h // policy.group] for h in range(query.shape[1])])
+        in_band = band(positions[n_k - n_q :], positions, policy.sink, policy.window)
+        visible = visible & (~streaming[:, None, None] | in_band)
+        weights = scores.masked_fill(~visible, float("-inf")).softmax(-1)
+        return (weights @ value).transpose(1, 2), None
+
+    return attend
+
+
+@pytest.mark.parametrize("family", ["mistral", "gemma2"])  # a model sliding window on top; soft-capped scores
+def test_streaming_heads_match_a_hand_written_banded_attention(family):
+    model = hs.load_model(str(family_folder(family)))
+    policy = hs.kv_policy(["L0H2", "L1H0", "L2H1"], model, sink=SINK, window=WINDOW)
+    prompt = _tokens(30)
+    reference = hf_twin(model)
+    AttentionInterface.register("test_banded", _hand_attention(policy))
+    ALL_MASK_ATTENTION_FUNCTIONS.register("test_banded", sdpa_mask)
+    reference.set_attn_implementation("test_banded")
+    with torch.no_grad():
+        tokens, rows = _greedy(CompressedDecoder(model, policy), prompt, 5)
+        sequence = torch.cat([prompt, torch.tensor([tokens[:-1]])], dim=1)
+        expected = reference(sequence, use_cache=False).logits[0, 29:]
+    assert _close(torch.stack(rows[:-1], 1)[0], expected)
+
+
+def test_changing_an_evicted_token_changes_nothing_when_every_head_streams(llama):
+    policy = hs.kv_policy([], llama, sink=SINK, window=4)  # no KV head full
+    prompt = _tokens(40)
+    near = prompt.clone()
+    near[0, 38] = (near[0, 38] + 1) % 1000  # inside the window: must matter
+    far = prompt.clone()
+    far[0, 10] = (far[0, 10] + 1) % 1000  # two layers of window 4 reach back 6 positions from the end: evicted
+    with torch.no_grad():
+        runs = [_greedy(CompressedDecoder(llama, policy), p, 4) for p in (prompt, far, near)]
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1], strict=True))
+    assert not torch.equal(runs[0][1][0], runs[2][1][0])
+
+
+def test_streaming_heads_hold_exactly_the_sink_and_window_keys(llama):
+    policy = _mixed(llama)
+    prompt = _tokens(23)
+    decoder, cache = CompressedDecoder(llama, policy), DynamicCache()
+    with torch.no_grad():
+        decoder(prompt)
+        hf_twin(llama)(prompt, use_cache=True, past_key_values=cache)
+    kept = kept_positions(23, SINK, WINDOW)
+    assert kept.tolist() == [0, 1, 18, 19, 20, 21, 22]
+    for stored in decoder.cache.layers:
+        assert stored.keys.shape[2] == 23 and stored.stream_keys.shape[2] == stored.stream_values.shape[2] == 7
+    # layer 0 reads the embeddings, the same with or without compression: its keys must be the uncompressed ones
+    stored, full_keys = decoder.cache.layers[0], cache.layers[0].keys
+    assert torch.equal(stored.keys, full_keys[:, stored.full])
+    assert torch.equal(stored.stream_keys, full_keys[:, stored.stream][:, :, kept])
+    assert torch.equal(stored.stream_values, cache.layers[0].values[:, stored.stream][:, :, kept])
+
+
+# --- memory: measured bytes equal the formula -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [3, SINK + WINDOW, 30])
+def test_measured_cache_bytes_equal_the_formula(llama, n):
+    for policy in (_mixed(llama), hs.kv_policy([], llama, sink=SINK, window=WINDOW)):
+        decoder = CompressedDecoder(llama, policy)
+        with torch.no_grad():
+            decoder(_tokens(n))
+            assert decoder.cache.nbytes() == policy.bytes(n).compressed
+            decoder(torch.tensor([[7]]))
+            decoder(torch.tensor([[8]]))
+        assert decoder.cache.nbytes() == policy.bytes(n + 2).compressed
+    info = hs.model_info(llama)
+    # the formula itself: K and V, d_head floats of 4 bytes, per KV head and kept position
+    assert policy.bytes(30).full == 2 * info.d_head * 4 * info.n_layers * info.n_kv_heads * 30
+    assert policy.bytes(30).compressed == 2 * info.d_head * 4 * info.n_layers * info.n_kv_heads * (SINK + WINDOW)
+
+
+def test_full_policy_holds_what_the_uncompressed_cache_holds(llama):
+    policy = hs.kv_policy(torch.rand(2, 4), llama, full_fraction=1.0)
+    decoder, cache = CompressedDecoder(llama, policy), DynamicCache()
+    with torch.no_grad():
+        decoder(_tokens(17))
+        hf_twin(llama)(_tokens(17), use_cache=True, past_key_values=cache)
+    held = sum(t.nbytes for layer in cache.layers for t in (layer.keys, layer.values))
+    assert decoder.cache.nbytes() == held == policy.bytes(17).full
+
+
+# --- the policy ----------------------------------------------------------------------------------------------
+
+
+def test_scores_pool_per_kv_head_by_max_unless_told_otherwise(llama):
+    # KV head 0 of layer 0: one strong head (0.9) beside a zero; KV head 1: two middling heads (0.5 + 0.5)
+    scores = torch.tensor([[0.9, 0.0, 0.5, 0.5], [0.1, 0.0, 0.2, 0.0]])
+    assert hs.kv_policy(scores, llama, full_fraction=0.25).full_kv_heads() == [(0, 0)]
+    assert hs.kv_policy(scores, llama, full_fraction=0.25, pool="sum").full_kv_heads() == [(0, 1)]
+    assert hs.kv_policy(scores, llama, full_fraction=0.5).full_kv_heads() == [(0, 0), (0, 1)]
+    assert torch.equal(hs.kv_policy(scores, llama, full_fraction=0.0).full, torch.zeros(2, 2, dtype=torch.bool))
+
+
+def test_retrieval_scores_loaded_heads_and_head_sets_all_make_policies(llama):
+    grid = torch.tensor([[0.0, 0.1, 0.0, 0.0], [0.0, 0.0, 0.0, 0.7]], dtype=torch.float64)
+    scores = hs.RetrievalScores(grid, 1, 1, "tiny", "teacher_forced")
+    assert hs.kv_policy(scores, llama, full_fraction=0.5).full_kv_heads() == [(0, 0), (1, 1)]
+    duo = LoadedHeads("duo", "t.tsv", (2, 4), ((1, 0), (1, 1)), None, torch.tensor([[0.2, 0.0], [1.0, 0.3]]), "")
+    assert hs.kv_policy(duo, llama, full_fraction=0.25).full_kv_heads() == [(1, 0)]  # the file's KV values
+    qrhead = LoadedHeads("qrhead", "1-3,0-0", (2, 4), ((1, 3), (0, 0)), None, None, "as listed")
+    assert hs.kv_policy(qrhead, llama).full_kv_heads() == [(0, 0), (1, 1)]
+    assert hs.kv_policy(qrhead, llama, full_fraction=0.25).full_kv_heads() == [(1, 1)]  # first listed first
+    assert hs.kv_policy(hs.HeadSet.of(["L1H3"], hs.model_info(llama)), llama).query_heads().labels == ("L1H2", "L1H3")
+
+
+def test_policy_round_trips_through_save_and_load(llama, tmp_path):
+    policy = hs.kv_policy(torch.rand(2, 4), llama, full_fraction=0.5, sink=1, window=9)
+    back = KVPolicy.load(policy.save(tmp_path / "policy.json"))
+    assert torch.equal(back.full, policy.full) and torch.equal(back.kv_scores, policy.kv_scores)
+    assert (back.sink, back.window, back.n_heads, back.d_head) == (1, 9, 4, 16)
+    frame = policy.to_frame()
+    assert list(frame.columns) == ["layer", "kv_head", "label", "score", "full"] and frame["full"].sum() == 2
+    assert policy.plot().data[0].z.shape == (2, 2)
+
+
+# --- bad input ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fraction", [1.5, -0.1])
+def test_fraction_outside_zero_one_is_a_config_error(llama, fraction):
+    with pytest.raises(hs.ConfigError, match=r"full_fraction must lie in \[0, 1\]"):
+        hs.kv_policy(torch.rand(2, 4), llama, full_fraction=fraction)
+    with pytest.raises(hs.ConfigError, match=r"fractions must be shares of KV heads in \[0, 1\]"):
+        hs.compression_curve(llama, [hs.Sample("a", " b")], fractions=[fraction], rankings={}, seeds=[0])
+
+
+def test_bad_policies_say_what_was_wrong(llama):
+    with pytest.raises(hs.HeadIndexError, match="within a 2x4 model"):
+        hs.kv_policy(["L9H0"], llama)
+    with pytest.raises(hs.HeadIndexError, match=r"\[layer, head\] grid of this 2x4 model"):
+        hs.kv_policy(torch.rand(3, 4), llama, full_fraction=0.5)
+    with pytest.raises(hs.ConfigError, match="scores need full_fraction="):
+        hs.kv_policy(torch.rand(2, 4), llama)
+    with pytest.raises(hs.ConfigError, match="only 1 are read by these heads"):
+        hs.kv_policy(["L0H0"], llama, full_fraction=0.75)
+    with pytest.raises(hs.ConfigError, match="window must be an int >= 1"):
+        hs.kv_policy(["L0H0"], llama, window=0)
+    with pytest.raises(hs.ConfigError, match="asks for 2 of 4 KV heads, but only 1 are scored"):  # NaN: never scored
+        hs.kv_policy(torch.tensor([[0.1, 0.2, np.nan, np.nan], [np.nan] * 4]), llama, full_fraction=0.5)
+    other = KVPolicy(torch.ones(3, 2, dtype=torch.bool), 4, 16)
+    with pytest.raises(hs.ConfigError, match="the policy is for 3 layers x 2 KV heads"):
+        generate_compressed(llama, hs.Sample("a", " b"), other)
+
+
+def test_a_model_off_the_fused_route_is_refused_and_left_without_hooks():
+    model = hs.load_model("tiny-gpt-neo")
+    policy = hs.kv_policy(["L0H0"], model)  # a policy needs only the shape
+    with pytest.raises(hs.ModelError, match=r"fused attention route.*GPTNeoSelfAttention"):
+        generate_compressed(model, hs.Sample("a", " b"), policy)
+    with pytest.raises(hs.ModelError, match="GPTNeoSelfAttention"):
+        hs.compression_curve(model, [hs.Sample("a", " b")], fractions=[0.5], rankings={"r": ["L0H0"]}, seeds=[])
+    assert user_hooks(model) == []
+
+
+def test_a_knockout_and_a_compressed_cache_do_not_share_a_forward(llama):
+    with hs.knockout(llama, [(0, 1)]):
+        with pytest.raises(hs.ModelError, match="knockout or patch is active"):
+            generate_compressed(llama, hs.Sample("a", " b"), _mixed(llama))
+    assert fused_state(llama).edits == [] and user_hooks(llama) == []
+
+
+def test_a_cache_no_attention_function_reads_is_caught(llama):
+    twin = hf_twin(llama)
+    twin.set_attn_implementation("sdpa")  # HF's own attention ignores the streaming heads' keys
+    cache = CompressedCache(_mixed(llama))
+    with torch.no_grad():
+        twin(_tokens(8), use_cache=True, past_key_values=cache)
+    with pytest.raises(hs.ModelError, match="no attention function read"):
+        cache.check_read()
+
+
+# --- the curve -----------------------------------------------------------------------------------------------
+
+
+def test_curve_runs_each_distinct_set_once_and_round_trips(llama, tmp_path):
+    samples = [hs.Sample("The code is 41. The code is", " 41"), hs.Sample("Ada likes tea. Ada likes", " tea")]
+    ranking = torch.tensor([[0.0, 0.9, 0.1, 0.2], [0.3, 0.3, 0.0, 0.0]])
+    curve = hs.compression_curve(
+        llama, samples, fractions=[0.0, 0.5, 1.0], rankings={"retrieval": ranking}, seeds=[0, 1],
+        window=3, sink=1, max_new_tokens=3, progress=False,
+    )  # fmt: skip
+    frame = curve.to_frame()
+    assert list(frame["run"]) == ["retrieval"] * 3 + ["random"] * 6 + ["full attention"]
+    assert curve.orders[0][:2] == ((0, 0), (1, 0))
+    # at 0 every run streams every head and at 1 keeps every head: one decoding each, the same outcomes
+    assert len({curve.success[r][0] for r in range(3)}) == 1
+    assert all(curve.success[r][2] == curve.full_success for r in range(3))
+    assert all(curve.cache_bytes[r][2] == curve.full_bytes for r in range(3))
+    # the bytes are measured per sample after the prompt and match the policy formula
+    n_prompt = [len(s.encode(llama.tokenizer).input_ids) for s in samples]
+    policy = hs.kv_policy(ranking, llama, full_fraction=0.5, sink=1, window=3)
+    assert list(curve.cache_bytes[0][1]) == [policy.bytes(n).compressed for n in n_prompt]
+    # full attention's outcomes are those of the uncompressed twin's greedy answers
+    twin, eos = hf_twin(llama), llama.tokenizer.eos_token_id
+    for sample, outcome in zip(samples, curve.full_success, strict=True):
+        with torch.no_grad():
+            tokens, _ = _greedy(_cached(twin), sample.encode(llama.tokenizer).input_ids[None], 3)
+        text = llama.tokenizer.decode(tokens[: tokens.index(eos) if eos in tokens else 3], skip_special_tokens=True)
+        assert outcome == float(hs.retrieval.DEFAULT_SUCCESS(sample, text))
+    assert CompressionCurve.load(curve.save(tmp_path / "curve.json")) == curve
+    names = [trace.name for trace in curve.plot().data]
+    assert "retrieval" in names and "full attention" in names and any("random" in n for n in names)
