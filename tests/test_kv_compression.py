@@ -24,7 +24,6 @@ from headscope.compression import (
     generate_compressed,
     kept_positions,
 )
-from headscope.compression._cache import band
 from headscope.models._families import family_folder
 from headscope.models._fused import hf_twin, user_hooks
 from headscope.models._fused_attention import fused_state
@@ -89,10 +88,17 @@ def test_full_policy_equals_the_uncompressed_fused_route_bit_for_bit(family, lla
 # --- streaming heads never read an evicted key ---------------------------------------------------------------
 
 
+def _in_band(n_query: int, n_key: int, sink: int, window: int) -> torch.Tensor:
+    """``[query, key]``: the last ``n_query`` of ``n_key`` positions see key ``k`` when it is a sink or recent."""
+    offset = n_key - n_query
+    return torch.tensor(
+        [[k <= q + offset and (k < sink or q + offset - k < window) for k in range(n_key)] for q in range(n_query)]
+    )
+
+
 def _band_hooks(policy: KVPolicy, n: int):
     """TransformerLens hooks that hide, on streaming heads, every key outside sink + window (by hand)."""
-    positions = torch.arange(n)
-    outside = ~band(positions, positions, policy.sink, policy.window)  # [query, key]
+    outside = ~_in_band(n, n, policy.sink, policy.window)  # [query, key]
 
     def hook_for(layer: int):
         heads = [h for h in range(policy.n_heads) if not policy.full[layer, h // policy.group]]
@@ -135,9 +141,8 @@ def _hand_attention(policy: KVPolicy):
         visible = torch.ones(n_q, n_k, dtype=torch.bool).tril(n_k - n_q)[None, None]
         if attention_mask is not None:
             visible = visible & attention_mask.bool()
-        positions = torch.arange(n_k)
         streaming = torch.tensor([not policy.full[module.layer_idx, h // policy.group] for h in range(query.shape[1])])
-        in_band = band(positions[n_k - n_q :], positions, policy.sink, policy.window)
+        in_band = _in_band(n_q, n_k, policy.sink, policy.window)
         visible = visible & (~streaming[:, None, None] | in_band)
         weights = scores.masked_fill(~visible, float("-inf")).softmax(-1)
         return (weights @ value).transpose(1, 2), None

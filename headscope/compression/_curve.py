@@ -142,7 +142,7 @@ def compression_curve(
     >>> from headscope import load_model
     >>> model = load_model("tiny-llama")
     >>> samples = [Sample("The code is 41. Say the code: the code is", " 41")]
-    >>> curve = compression_curve(model, samples, fractions=[0.5], rankings={"mine": ["L1H2"]}, seeds=[0],
+    >>> curve = compression_curve(model, samples, fractions=[0.5], rankings={"mine": ["L1H2", "L0H0"]}, seeds=[0],
     ...                           window=4, max_new_tokens=2, progress=False)
     >>> curve.to_frame()[["run", "fraction", "n_full"]].values.tolist()
     [['mine', 0.5, 2], ['random', 0.5, 2], ['full attention', 1.0, 4]]

@@ -46,8 +46,8 @@ class CompressedDecoder:
     >>> from headscope import load_model, kv_policy
     >>> model = load_model("tiny-llama")
     >>> step = CompressedDecoder(model, kv_policy(["L0H0"], model, sink=1, window=2))
-    >>> tuple(step(torch.tensor([[0, 5, 9, 4, 7]])).shape), step.cache.nbytes()   # 5 + 2 x (1 + 2) x 3 positions
-    ((1, 5, 1024), 1408)
+    >>> tuple(step(torch.tensor([[0, 5, 9, 4, 7]])).shape), step.cache.nbytes()  # (5 + 3 x 3) positions x 128 bytes
+    ((1, 5, 1024), 1792)
     """
 
     def __init__(self, model: Any, policy: KVPolicy, twin: Any = None) -> None:
