@@ -9,12 +9,14 @@ attention function over the whole sequence with the same band mask.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from transformers import AttentionInterface, DynamicCache
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 import headscope as hs
+from headscope.cli import main
 from headscope.compare import LoadedHeads
 from headscope.compression import (
     CompressedCache,
@@ -323,9 +325,13 @@ def test_a_cache_no_attention_function_reads_is_caught(llama):
 def test_curve_runs_each_distinct_set_once_and_round_trips(llama, tmp_path):
     samples = [hs.Sample("The code is 41. The code is", " 41"), hs.Sample("Ada likes tea. Ada likes", " tea")]
     ranking = torch.tensor([[0.0, 0.9, 0.1, 0.2], [0.3, 0.3, 0.0, 0.0]])
+
+    def rule(sample, text):  # a random tiny model answers nothing: score a property of its text instead
+        return "e" in text
+
     curve = hs.compression_curve(
         llama, samples, fractions=[0.0, 0.5, 1.0], rankings={"retrieval": ranking}, seeds=[0, 1],
-        window=3, sink=1, max_new_tokens=3, progress=False,
+        window=3, sink=1, max_new_tokens=3, success=rule, progress=False,
     )  # fmt: skip
     frame = curve.to_frame()
     assert list(frame["run"]) == ["retrieval"] * 3 + ["random"] * 6 + ["full attention"]
@@ -344,7 +350,62 @@ def test_curve_runs_each_distinct_set_once_and_round_trips(llama, tmp_path):
         with torch.no_grad():
             tokens, _ = _greedy(_cached(twin), sample.encode(llama.tokenizer).input_ids[None], 3)
         text = llama.tokenizer.decode(tokens[: tokens.index(eos) if eos in tokens else 3], skip_special_tokens=True)
-        assert outcome == float(hs.retrieval.DEFAULT_SUCCESS(sample, text))
+        assert outcome == float(rule(sample, text))
+    assert curve.rule == "rule" and len({o for run in curve.success for f in run for o in f}) == 2  # both outcomes
     assert CompressionCurve.load(curve.save(tmp_path / "curve.json")) == curve
     names = [trace.name for trace in curve.plot().data]
     assert "retrieval" in names and "full attention" in names and any("random" in n for n in names)
+
+
+# --- the command line ----------------------------------------------------------------------------------------
+
+TINY = ["--model", "tiny-llama", "--lengths", "150", "--depths", "0", "100", "--window", "16", "--max-new-tokens", "3"]
+
+
+def _scores_file(path):
+    grid = torch.tensor([[0.0, 0.9, 0.1, 0.2], [0.3, 0.3, 0.0, 0.0]], dtype=torch.float64)
+    return hs.RetrievalScores(grid, 1, 1, "tiny-llama", "teacher_forced").save(path)
+
+
+def test_compress_writes_the_curve_csv_and_report_and_says_where_retrieval_stands(tmp_path, capsys):
+    scores, out = _scores_file(tmp_path / "scores.json"), tmp_path / "out"
+    argv = ["compress", *TINY, "--scores", str(scores), "--fractions", "0", "0.5", "--seeds", "0", "1", "--no-mass"]
+    with pytest.warns(UserWarning, match="full attention answers none"):  # a random tiny model answers nothing
+        assert main([*argv, "--out", str(out)]) == 0
+    curve = CompressionCurve.load(out / "compression.json")
+    assert curve.runs == ("retrieval", "random", "random") and curve.n_samples == 2 and curve.window == 16
+    frame = pd.read_csv(out / "compression.csv")
+    assert list(frame["kind"]) == ["ranking"] * 2 + ["random"] * 4 + ["full"]
+    assert "Accuracy against the share of KV heads kept full" in (out / "report.html").read_text()
+    printed = capsys.readouterr().out
+    assert "KV memory ratio" in printed and "50% KV heads full: retrieval-chosen 0.000, within the random" in printed
+
+
+def test_compress_into_a_detection_folder_adds_a_section_to_its_report(tmp_path):
+    scores = _scores_file(tmp_path / "scores.json")
+    argv = ["compress", *TINY, "--scores", str(scores), "--fractions", "0.5", "--seeds", "0", "--no-mass"]
+    with pytest.warns(UserWarning):
+        assert main([*argv, "--out", str(tmp_path)]) == 0
+    html = (tmp_path / "report.html").read_text()
+    assert "KV-cache compression: retrieval-chosen KV heads against random ones" in html
+    assert "Every head, sorted by score" in html  # the detection run's report, not a separate one
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--fractions", "1.5"], "--fractions are shares of KV heads kept full, in [0, 1]; got 1.5"),
+        (["--mass-seed", "1"], "--mass-seed 1 equals --seed: the needles that choose heads must not test them"),
+        (["--mass-scores", "SCORES"], "holds copy scores, not attention mass"),
+        (["--sink", "-1"], "sink must be an int >= 0"),
+        (["--model", "tiny-gpt-neo"], "GPTNeoSelfAttention"),
+    ],
+)
+def test_compress_rejects_bad_input_in_one_line_before_any_decoding(extra, words, tmp_path, capsys):
+    scores = str(_scores_file(tmp_path / "scores.json"))
+    extra = [scores if e == "SCORES" else e for e in extra]
+    assert main(["compress", *TINY, "--scores", scores, *extra, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("headscope: error: ")]
+    assert len(lines) == 1 and words in lines[0], err
+    assert not (tmp_path / "out" / "mass_scores.json").exists()  # refused before the mass detection ran

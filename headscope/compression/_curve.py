@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -199,6 +200,14 @@ def compression_curve(
                 held.append(answer.prompt_bytes)
                 bar.update()
             done[full] = (tuple(outcomes), tuple(held))
+    if not any(done[every][0]):
+        warnings.warn(
+            f"compression_curve: full attention answers none of the {len(samples)} samples, so compressing the "
+            "cache cannot lower accuracy and the curve says nothing: use samples the model answers (shorter "
+            "contexts, the chat template, more max_new_tokens)",
+            UserWarning,
+            stacklevel=2,
+        )
     runs = tuple(rankings) + ("random",) * len(seeds)
     return CompressionCurve(
         fractions=fractions,

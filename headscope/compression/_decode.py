@@ -83,6 +83,12 @@ def check_model(model: Any, policy: KVPolicy) -> None:
             f"the policy is for {policy.shape[0]} layers x {policy.shape[1]} KV heads ({policy.n_heads} query heads); "
             f"{info.name} has {info.n_layers} x {info.n_kv_heads} ({info.n_heads}): build it with kv_policy(..., model)"
         )
+    check_fused(model)
+
+
+def check_fused(model: Any) -> None:
+    """Raise :class:`~headscope.ModelError` unless ``model`` can decode on the fused route now (no hook or knockout)."""
+    info = model_info(model)
     reason = twin_unavailable(model)
     if reason is None and fused_state(model).edits:
         reason = "a knockout or patch is active on its fused route, and the compressed cache runs alone"
