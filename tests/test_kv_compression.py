@@ -409,3 +409,36 @@ def test_compress_rejects_bad_input_in_one_line_before_any_decoding(extra, words
     lines = [line for line in err.splitlines() if line.startswith("headscope: error: ")]
     assert len(lines) == 1 and words in lines[0], err
     assert not (tmp_path / "out" / "mass_scores.json").exists()  # refused before the mass detection ran
+
+
+# --- SmolLM2: one small curve ----------------------------------------------------------------------------------
+
+
+@pytest.mark.smollm2
+def test_a_small_curve_on_smollm2_measures_memory_and_keeps_full_attention_exact(smollm2):
+    tokenizer = smollm2.tokenizer
+
+    def needles(seed: int) -> list[hs.Sample]:
+        grid = hs.needle_grid(tokenizer, lengths=[300], depths=[20, 80], n_samples=1, needle="templated", seed=seed)
+        return [s.with_chat_template(tokenizer) for s in grid]
+
+    chosen_on, tested_on = needles(0), needles(1)  # the samples that choose heads do not test them
+    copy = hs.detect_retrieval_heads(smollm2, chosen_on)
+    mass = hs.detect_retrieval_heads(smollm2, chosen_on, score="mass")
+    curve = hs.compression_curve(
+        smollm2, tested_on, fractions=[0.5, 1.0], rankings={"retrieval": copy, "mass": mass}, seeds=[0],
+        window=32, max_new_tokens=12, progress=False,
+    )  # fmt: skip
+    frame = curve.to_frame()
+    print(f"\nSmolLM2 compression curve: {frame[['run', 'fraction', 'accuracy', 'memory_ratio']].values.tolist()}")
+    assert curve.full_success == (1.0, 1.0), "SmolLM2 copies both 300-token needles with the whole cache"
+    assert all(curve.success[r][1] == curve.full_success for r in range(3))  # every KV head full: full attention
+    # measured bytes: SmolLM2 keeps 30 x 3 KV heads of 64 float32 numbers, K and V
+    n_prompt = [len(s.encode(tokenizer).input_ids) for s in tested_on]
+    assert curve.full_bytes == tuple(30 * 3 * 64 * 4 * 2 * n for n in n_prompt)
+    half = hs.kv_policy(copy, smollm2, full_fraction=0.5, window=32)
+    assert half.n_full == 45 and list(curve.cache_bytes[0][0]) == [half.bytes(n).compressed for n in n_prompt]
+    # a 100%-full policy decodes what the bridge itself decodes (TransformerLens attention, its own cache)
+    every = hs.kv_policy(copy, smollm2, full_fraction=1.0)
+    compressed = generate_compressed(smollm2, tested_on[0], every, max_new_tokens=12)
+    assert compressed.text == hs.generate_answer(smollm2, tested_on[0], max_new_tokens=12)
