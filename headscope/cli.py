@@ -473,6 +473,7 @@ def _compress(args: argparse.Namespace) -> int:
     curve.save(out / "compression.json")
     frame = curve.to_frame()
     frame.to_csv(out / "compression.csv", index=False)
+    against = curve.versus_random(0) if args.seeds else None
     if (out / "scores.json").is_file() and (out / "scores.json").resolve() == Path(args.scores).resolve():
         _rereport(out, args.model, scores)  # the detection run's own report gains the compression section
     else:
@@ -481,28 +482,30 @@ def _compress(args: argparse.Namespace) -> int:
             f"KV-cache compression on {args.model}",
             [("Accuracy against the share of KV heads kept full", curve.plot()), ("Data", frame)],
         )
-    _print_compression(frame)
+    _print_compression(frame, against)
     print(f"wrote {out}/compression.json, compression.csv, report.html in {time.perf_counter() - start:.0f} s")
     return 0
 
 
-def _print_compression(frame: Any) -> None:
-    """Accuracy per fraction and run, the memory ratio, and retrieval against the random range, plainly."""
+def _print_compression(frame: Any, against: Any) -> None:
+    """Accuracy per fraction and run, the memory ratio, and retrieval against random KV heads, plainly."""
     runs = frame[frame["kind"] != "full"]
     table = runs.pivot_table(index="fraction", columns="run", values="accuracy", aggfunc="mean")
     table["KV memory ratio"] = runs.groupby("fraction")["memory_ratio"].mean()
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
     full = frame[frame["kind"] == "full"]["accuracy"].iloc[0]
     print(f"full attention: {full:.3f}")
-    random = runs[runs["kind"] == "random"].groupby("fraction")["accuracy"]
-    if "retrieval" not in table or not len(random.size()):
+    if against is None:
         return
+    random = runs[runs["kind"] == "random"].groupby("fraction")["accuracy"]
     low, high = random.min(), random.max()
-    for fraction, value in table["retrieval"].items():
-        verdict = "above" if value > high[fraction] else "below" if value < low[fraction] else "within"
+    for row in against.itertuples():
+        f = row.fraction
+        verdict = "above" if row.accuracy > high[f] else "below" if row.accuracy < low[f] else "within"
         print(
-            f"{fraction:.0%} KV heads full: retrieval-chosen {value:.3f}, {verdict} the random sets' range "
-            f"[{low[fraction]:.3f}, {high[fraction]:.3f}]"
+            f"{f:.0%} KV heads full: retrieval-chosen {row.accuracy:.3f}, {verdict} the random sets' range "
+            f"[{low[f]:.3f}, {high[f]:.3f}]; paired sign-flip p = {row.p_value:.3g} (smallest possible "
+            f"{row.p_min:.3g})"
         )
 
 

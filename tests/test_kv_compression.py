@@ -357,6 +357,25 @@ def test_curve_runs_each_distinct_set_once_and_round_trips(llama, tmp_path):
     assert "retrieval" in names and "full attention" in names and any("random" in n for n in names)
 
 
+def test_versus_random_pairs_samples_and_gives_the_exact_sign_flip_p_value():
+    def curve(success, seeds):
+        n_runs, n_samples = len(success), len(success[0][0])
+        return CompressionCurve(
+            (0.5,), (2,), 4, ("retrieval",) + ("random",) * (n_runs - 1), seeds, ((),) * n_runs, success,
+            (((1,) * n_samples,),) * n_runs, (1.0,) * n_samples, (2,) * n_samples, 4, 8, "max", "r", n_samples,
+        )  # fmt: skip
+
+    # per-sample differences against the random mean: 1, 0.5, 0.5, 0 -> 3 non-zero, |sum| 2 reached by 2 of 8 flips
+    result = curve(((((1, 1, 1, 0)),), ((0, 0, 1, 0),), ((0, 1, 0, 0),)), (None, 0, 1)).versus_random(0)
+    assert result.to_dict("records") == [
+        {"fraction": 0.5, "accuracy": 0.75, "random": 0.25, "difference": 0.5, "p_value": 0.25, "p_min": 0.25}
+    ]
+    twenty = curve((((1,) * 20,), ((0,) * 20,)), (None, 0)).versus_random(0)  # Monte Carlo beyond 16
+    assert twenty["p_value"].item() == pytest.approx(1 / 20_001 * (1 + 20_000 * 2**-19), rel=0.5)
+    with pytest.raises(hs.ConfigError, match="no random KV-head sets"):
+        curve((((1, 0),),), (None,)).versus_random(0)
+
+
 # --- the command line ----------------------------------------------------------------------------------------
 
 TINY = ["--model", "tiny-llama", "--lengths", "150", "--depths", "0", "100", "--window", "16", "--max-new-tokens", "3"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -59,6 +60,39 @@ class CompressionCurve(Saved):
     def accuracy(self, run: int) -> np.ndarray:
         """Share of samples answered at each fraction by run ``run`` (an index into :attr:`runs`)."""
         return np.asarray(self.success[run], dtype=float).mean(axis=1)
+
+    def versus_random(self, run: int = 0) -> pd.DataFrame:
+        """Run ``run`` against the random KV-head sets, sample by sample, with an exact sign-flip p-value.
+
+        One row per fraction: ``accuracy`` of the run, ``random`` (mean over seeds), their
+        ``difference``, ``p_value`` and ``p_min``. Each sample gives a paired difference (its
+        success under the run minus its mean success over the random seeds); under the null
+        hypothesis that the run's KV heads are no better than random ones each difference is as
+        likely to have either sign, so the two-sided p-value is the share of the ``2**n`` sign
+        flips of the ``n`` non-zero differences whose sum is at least as far from 0 (all flips up
+        to 16, else 20,000 seeded draws). ``p_min`` is the smallest p-value these samples can give.
+        """
+        import pandas as pd
+
+        randoms = [r for r, seed in enumerate(self.seeds) if seed is not None]
+        if not randoms:
+            raise ConfigError("this curve has no random KV-head sets to compare with (seeds=())")
+        rows = []
+        for f, fraction in enumerate(self.fractions):
+            mine = np.asarray(self.success[run][f], dtype=float)
+            random = np.asarray([self.success[r][f] for r in randoms], dtype=float).mean(axis=0)
+            p_value, p_min = _sign_flip(mine - random)
+            rows.append(
+                {
+                    "fraction": fraction,
+                    "accuracy": mine.mean(),
+                    "random": random.mean(),
+                    "difference": mine.mean() - random.mean(),
+                    "p_value": p_value,
+                    "p_min": p_min,
+                }
+            )
+        return pd.DataFrame(rows)
 
     def to_frame(self) -> pd.DataFrame:
         """One row per run and fraction, then one for full attention.
@@ -227,3 +261,21 @@ def compression_curve(
         n_samples=len(samples),
         model=info.name,
     )
+
+
+def _sign_flip(differences: np.ndarray, exact_up_to: int = 16, n_draws: int = 20_000) -> tuple[float, float]:
+    """Two-sided sign-flip p-value of the sum of paired ``differences``, and the smallest one possible.
+
+    >>> _sign_flip(np.array([1.0, 1.0, 1.0, 0.0]))   # 3 non-zero: 2 of 8 flips reach |sum| = 3
+    (0.25, 0.25)
+    """
+    d = differences[differences != 0]
+    if not len(d):
+        return 1.0, 1.0
+    observed = abs(d.sum()) - 1e-9
+    if len(d) <= exact_up_to:
+        sums = np.abs(np.array(list(itertools.product((1.0, -1.0), repeat=len(d)))) @ d)
+        return float(np.mean(sums >= observed)), float(np.mean(sums >= sums.max() - 1e-9))
+    signs = np.random.default_rng(0).choice((1.0, -1.0), size=(n_draws, len(d)))
+    hits = int((np.abs(signs @ d) >= observed).sum())
+    return (1 + hits) / (1 + n_draws), 1 / (1 + n_draws)
