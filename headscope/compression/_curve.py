@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from headscope.compare._loaded import Pool
 from headscope.compression._decode import check_model, generate_compressed
 from headscope.compression._policy import SINK, WINDOW, KVPolicy, _check_window, kv_order
 from headscope.errors import ConfigError
@@ -155,7 +156,7 @@ def compression_curve(
     seeds: Sequence[int] = (0, 1, 2),
     sink: int = SINK,
     window: int = WINDOW,
-    pool: str = "max",
+    pool: Pool = "max",
     success: Success | None = None,
     max_new_tokens: int = 32,
     progress: bool = True,
@@ -197,6 +198,8 @@ def compression_curve(
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be at least 1; got {max_new_tokens}")
     _check_window(sink, window)
+    if pool not in ("max", "mean", "sum"):
+        raise ConfigError(f"pool must be 'max', 'mean' or 'sum'; got {pool!r}")
     n_kv = info.n_layers * info.n_kv_heads
     cells = [(layer, kv) for layer in range(info.n_layers) for kv in range(info.n_kv_heads)]
 
