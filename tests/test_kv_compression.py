@@ -38,6 +38,13 @@ def llama():
     return hs.load_model("tiny-llama")
 
 
+@pytest.fixture(params=[256, 3], ids=["one-block", "blocks-of-3"])
+def rows(request, monkeypatch):
+    """The prefill's streaming rows in one block (30 tokens), or in blocks of 3 rows (the long-prompt path)."""
+    monkeypatch.setattr("headscope.compression._cache.ROWS", request.param)
+    return request.param
+
+
 def _tokens(n: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(1, 1000, (1, n), generator=torch.Generator().manual_seed(seed))
 
@@ -115,7 +122,7 @@ def _band_hooks(policy: KVPolicy, n: int):
     return [(f"blocks.{layer}.attn.hook_attn_scores", hook_for(layer)) for layer in range(policy.shape[0])]
 
 
-def test_streaming_heads_match_full_attention_with_evicted_keys_masked_by_hand(llama):
+def test_streaming_heads_match_full_attention_with_evicted_keys_masked_by_hand(llama, rows):
     policy = _mixed(llama)
     assert hs.model_info(llama).score_edits  # the llama bridge honours score edits (the reference relies on it)
     prompt = _tokens(30)
@@ -153,7 +160,7 @@ def _hand_attention(policy: KVPolicy):
 
 
 @pytest.mark.parametrize("family", ["mistral", "gemma2"])  # a model sliding window on top; soft-capped scores
-def test_streaming_heads_match_a_hand_written_banded_attention(family):
+def test_streaming_heads_match_a_hand_written_banded_attention(family, rows):
     model = hs.load_model(str(family_folder(family)))
     policy = hs.kv_policy(["L0H2", "L1H0", "L2H1"], model, sink=SINK, window=WINDOW)
     prompt = _tokens(30)
@@ -168,7 +175,7 @@ def test_streaming_heads_match_a_hand_written_banded_attention(family):
     assert _close(torch.stack(rows[:-1], 1)[0], expected)
 
 
-def test_changing_an_evicted_token_changes_nothing_when_every_head_streams(llama):
+def test_changing_an_evicted_token_changes_nothing_when_every_head_streams(llama, rows):
     policy = hs.kv_policy([], llama, sink=SINK, window=4)  # no KV head full
     prompt = _tokens(40)
     near = prompt.clone()

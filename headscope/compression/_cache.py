@@ -15,7 +15,8 @@ streaming heads' (the kept ones plus the new ones) for the call; the fused atten
 ``headscope_kv``) then calls :meth:`CompressedCache.attend`: the full heads' query heads over
 every key, the streaming heads' query heads over their keys with the band mask (a key at position
 ``p`` is visible to a query at ``i`` when ``p <= i`` and ``p < sink`` or ``i - p < window``), so
-the prefill applies the same mask the decoding steps obey. Any mask of the model's own (a sliding
+the prefill applies the same mask the decoding steps obey; a long prefill runs the streaming heads
+:data:`ROWS` query rows at a time over the keys their band can reach. Any mask of the model's own (a sliding
 window, padding) applies on top. A layer with no streaming head runs the uncompressed path
 unchanged, so a policy with every KV head full equals the uncompressed model bit for bit.
 """
@@ -34,7 +35,11 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from headscope.errors import ModelError
 from headscope.models._fused_attention import AttentionCall
 
-__all__ = ["CompressedCache", "CompressedLayer", "kept_positions"]
+__all__ = ["ROWS", "CompressedCache", "CompressedLayer", "kept_positions"]
+
+#: Query rows of a streaming heads' block in the prefill: each block reads only the sink and the keys
+#: from ``window`` before its first row, so a long prompt costs ``O(pos x (sink + window + ROWS))`` there.
+ROWS = 256
 
 
 def kept_positions(n_seen: int, sink: int, window: int, device: Any = None) -> Int[Tensor, " key"]:
@@ -188,12 +193,30 @@ class CompressedCache(Cache):
             mask = _heads_of(call.mask, heads)
             out[:, :, heads] = attend(replace(call, query=call.query[:, heads], mask=mask))
         heads = _query_heads(layer.stream, group, call.query.device)
-        mask = band(positions[-n_query:], positions, layer.sink, layer.window)[None, None]
-        if call.mask is not None:  # the model's own mask (sliding window, padding), at the kept positions
-            allowed = call.mask if call.mask.dtype == torch.bool else call.mask > torch.finfo(call.mask.dtype).min / 2
-            mask = mask & _heads_of(allowed, heads)[..., positions]
-        stream = AttentionCall(call.query[:, heads], keys, values, mask, call.scaling, call.softcap)
-        out[:, :, heads] = attend(stream)
+        allowed = call.mask  # the model's own mask (sliding window, padding), applied on top of the band
+        if allowed is not None:
+            allowed = _heads_of(
+                allowed if allowed.dtype == torch.bool else allowed > torch.finfo(allowed.dtype).min / 2, heads
+            )
+        query, first = call.query[:, heads], len(positions) - n_query
+        n_sink = int((positions < layer.sink).sum())
+        parts = []
+        for start in range(0, n_query, ROWS):  # a block of query rows reads the sink and its own recent keys only
+            stop = min(start + ROWS, n_query)
+            rows = positions[first + start : first + stop]
+            begin = int(torch.searchsorted(positions, max(int(rows[0]) - layer.window + 1, layer.sink)))
+            device = positions.device
+            index = torch.cat(
+                [torch.arange(n_sink, device=device), torch.arange(max(begin, n_sink), first + stop, device=device)]
+            )
+            mask = band(rows, positions[index], layer.sink, layer.window)[None, None]
+            if allowed is not None:
+                mask = mask & (allowed[..., start:stop, :] if allowed.shape[-2] > 1 else allowed)[..., positions[index]]
+            block = AttentionCall(
+                query[:, :, start:stop], keys[:, :, index], values[:, :, index], mask, call.scaling, call.softcap
+            )
+            parts.append(attend(block))
+        out[:, :, heads] = torch.cat(parts, dim=1)
         return out
 
     def check_read(self) -> None:
