@@ -112,6 +112,8 @@ def _compression(ns: dict) -> None:
     print(f"\nREADME compression: full attention {full:.2f}, runs {runs}")
     assert full == 1.0, "SmolLM2 copies both held-out 300-token needles with the whole cache"
     assert (frame["memory_ratio"] > 1).sum() == len(frame) - 1, "every compressed run holds fewer bytes"
+    against = curve.versus_random(0)
+    assert list(against["fraction"]) == [0.25, 0.5] and (against["p_value"] >= against["p_min"]).all()
 
 
 def _models(ns: dict) -> None:
