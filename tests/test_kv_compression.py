@@ -267,7 +267,8 @@ def test_policy_round_trips_through_save_and_load(llama, tmp_path):
     assert (back.sink, back.window, back.n_heads, back.d_head) == (1, 9, 4, 16)
     frame = policy.to_frame()
     assert list(frame.columns) == ["layer", "kv_head", "label", "score", "full"] and frame["full"].sum() == 2
-    assert policy.plot().data[0].z.shape == (2, 2)
+    z = policy.plot().data[0].z  # per query head: 1 where it reads a full KV head
+    assert z.shape == (2, 4) and (z == policy.full.repeat_interleave(2, dim=1).float().numpy()).all()
 
 
 # --- bad input ----------------------------------------------------------------------------------------------

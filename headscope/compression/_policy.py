@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from headscope.compare._loaded import LoadedHeads, Pool, cut, pool_kv
+from headscope.compare._loaded import LoadedHeads, Pool, cut, expand_kv, pool_kv
 from headscope.errors import ConfigError, HeadIndexError
 from headscope.heads import Head, HeadSet, as_heads
 from headscope.results import Saved
@@ -144,11 +144,11 @@ class KVPolicy(Saved):
         )
 
     def plot(self, title: str = "") -> Any:
-        """A layer x KV-head map: 1 where the head keeps the full cache, 0 where it streams."""
+        """A layer x query-head map: 1 where the head reads a KV head with the full cache, 0 where it streams."""
         from headscope.viz import head_map
 
         return head_map(
-            self.full.double(),
+            expand_kv(self.full.double().numpy(), self.group),
             title=title
             or f"{self.n_full} of {self.full.numel()} KV heads full (sink {self.sink}, window {self.window})",
             value_name="full cache",
