@@ -5,8 +5,8 @@ patch them between runs and models, and compare head sets across models, as in Z
 Durrett, *Understanding Synthetic Context Extension via Retrieval Heads* (ICML 2025).
 
 Each capability is a subpackage (``headscope.models``, ``tasks``, ``retrieval``, ``ablation``,
-``patching``, ``compare``, ``training``, ``viz``, ``pipeline``, ``support``); the names most work needs are
-re-exported here.
+``patching``, ``compare``, ``compression``, ``training``, ``viz``, ``pipeline``, ``support``); the
+names most work needs are re-exported here.
 """
 
 from headscope.ablation import Knockout as Knockout
@@ -24,6 +24,10 @@ from headscope.compare import rank_correlation as rank_correlation
 from headscope.compare import recall as recall
 from headscope.compare import run_overlap as run_overlap
 from headscope.compare import write_duo_tsv as write_duo_tsv
+from headscope.compression import CompressionCurve as CompressionCurve
+from headscope.compression import KVPolicy as KVPolicy
+from headscope.compression import compression_curve as compression_curve
+from headscope.compression import kv_policy as kv_policy
 from headscope.errors import ConfigError as ConfigError
 from headscope.errors import ContextLengthError as ContextLengthError
 from headscope.errors import HeadIndexError as HeadIndexError
@@ -90,6 +94,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AttentionRows",
+    "CompressionCurve",
     "ConfigError",
     "ContextLengthError",
     "Correlation",
@@ -99,6 +104,7 @@ __all__ = [
     "HeadSet",
     "HeadscopeError",
     "InputTypeError",
+    "KVPolicy",
     "Knockout",
     "KnockoutCurve",
     "LoadedHeads",
@@ -126,6 +132,7 @@ __all__ = [
     "capture",
     "citation",
     "compare_patching",
+    "compression_curve",
     "correlate",
     "detect_retrieval_heads",
     "finetune",
@@ -136,6 +143,7 @@ __all__ = [
     "jaccard",
     "knockout",
     "knockout_curve",
+    "kv_policy",
     "kv_retrieval",
     "load_folder",
     "load_heads",

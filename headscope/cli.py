@@ -334,7 +334,7 @@ def _top_heads_attention(model: Any, log: Any, scores: Any, span: str, n_heads: 
 
 
 def _detect_report(out: Path, model: str, scores: Any, outcomes: Any, attention: Any, stability: Any = None) -> None:
-    """report.html of a detection run; a knockout.json already in ``out`` adds its curve."""
+    """report.html of a detection run; a knockout.json or compression.json already in ``out`` adds its curve."""
     from headscope.retrieval import RETRIEVAL_THRESHOLD
     from headscope.viz import retrieval_report
 
@@ -343,11 +343,17 @@ def _detect_report(out: Path, model: str, scores: Any, outcomes: Any, attention:
         from headscope.ablation import KnockoutCurve
 
         knockout = KnockoutCurve.load(out / "knockout.json")
+    compression = None
+    if (out / "compression.json").is_file():
+        from headscope.compression import CompressionCurve
+
+        compression = CompressionCurve.load(out / "compression.json")
     sections = retrieval_report(
         scores,
         outcomes=outcomes,
         attention=attention,
         knockout=knockout,
+        compression=compression,
         stability=stability,
         threshold=RETRIEVAL_THRESHOLD,
         stable_share=STABLE_SHARE,
@@ -399,6 +405,120 @@ def _knockout(args: argparse.Namespace) -> int:
     print(frame.groupby(["kind", "k"])["value"].mean().unstack(0).to_string())
     print(f"wrote {out}/knockout.json, knockout.csv, report.html")
     return 0
+
+
+def _compress(args: argparse.Namespace) -> int:
+    """KV-cache compression curve: retrieval-ranked, mass-ranked and random KV heads kept full."""
+    from headscope.compression import compression_curve
+    from headscope.compression._decode import check_fused
+    from headscope.compression._policy import _check_window
+
+    start = time.perf_counter()
+    _check_out(args)
+    _at_least(1, max_new_tokens=args.max_new_tokens)
+    _check_window(args.sink, args.window)
+    bad = [f for f in args.fractions if not 0 <= f <= 1]
+    if bad:
+        raise ConfigError(f"--fractions are shares of KV heads kept full, in [0, 1]; got {bad[0]}")
+    scores = _read_scores(args.scores, "--scores")
+    mass = _read_scores(args.mass_scores, "--mass-scores") if args.mass_scores else None
+    if mass is not None and mass.score != "mass":
+        raise ConfigError(f"--mass-scores {args.mass_scores!r} holds {mass.score} scores, not attention mass")
+    detect_mass = mass is None and not args.no_mass
+    if detect_mass and args.mass_seed == args.seed:
+        raise ConfigError(
+            f"--mass-seed {args.mass_seed} equals --seed: the needles that choose heads must not test them"
+        )
+    _check_weights(args.weights, "--weights", args.kind)
+    built = _check_task(args, None)
+    mass_run = argparse.Namespace(**{**vars(args), "seed": args.mass_seed})
+    mass_built = _check_task(mass_run, "needle") if detect_mass else None
+    model = _load_model(args.model, args.kind, args.weights, device=args.device, dtype=args.dtype)
+    check_fused(model)  # before any detection: the curve decodes on the fused route
+    out = _out(args)
+    if detect_mass:
+        from headscope.retrieval import detect_retrieval_heads
+
+        mass_samples = _samples(mass_run, model, mass_built)
+        print(
+            f"detecting the attention-mass ranking on {len(mass_samples)} samples of seed {args.mass_seed}", flush=True
+        )
+        mass = detect_retrieval_heads(
+            model, mass_samples, mode=scores.mode, score="mass", max_new_tokens=args.max_new_tokens
+        )
+        mass.save(out / "mass_scores.json")
+        if mass.n_counted == 0:
+            print(
+                f"warning: the model answered none of the {len(mass_samples)} mass-detection samples, so there is "
+                "no attention-mass ranking to compare",
+                file=sys.stderr,
+            )
+            mass = None
+    rankings = {"retrieval": scores} | ({"mass": mass} if mass is not None else {})
+    samples = _samples(args, model, built)
+    print(
+        f"{args.model}: {len(samples)} {args.task} samples (seed {args.seed}), fractions {args.fractions}", flush=True
+    )
+    curve = compression_curve(
+        model,
+        samples,
+        fractions=args.fractions,
+        rankings=rankings,
+        seeds=args.seeds,
+        sink=args.sink,
+        window=args.window,
+        pool=args.pool,
+        max_new_tokens=args.max_new_tokens,
+    )
+    curve.save(out / "compression.json")
+    frame = curve.to_frame()
+    frame.to_csv(out / "compression.csv", index=False)
+    against = curve.versus_random(0) if args.seeds else None
+    if (out / "scores.json").is_file() and (out / "scores.json").resolve() == Path(args.scores).resolve():
+        _rereport(out, args.model, scores)  # the detection run's own report gains the compression section
+    else:
+        _report(
+            out,
+            f"KV-cache compression on {args.model}",
+            [("Accuracy against the share of KV heads kept full", curve.plot()), ("Data", frame)],
+        )
+    _print_compression(frame, against)
+    print(f"wrote {out}/compression.json, compression.csv, report.html in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def _print_compression(frame: Any, against: Any) -> None:
+    """Accuracy per fraction and run, the memory ratio, and retrieval against random KV heads, plainly."""
+    runs = frame[frame["kind"] != "full"]
+    table = runs.pivot_table(index="fraction", columns="run", values="accuracy", aggfunc="mean")
+    table["KV memory ratio"] = runs.groupby("fraction")["memory_ratio"].mean()
+    print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+    full = frame[frame["kind"] == "full"]["accuracy"].iloc[0]
+    print(f"full attention: {full:.3f}")
+    if against is None:
+        return
+    random = runs[runs["kind"] == "random"].groupby("fraction")["accuracy"]
+    low, high = random.min(), random.max()
+    for row in against.itertuples():
+        f = row.fraction
+        verdict = "above" if row.accuracy > high[f] else "below" if row.accuracy < low[f] else "within"
+        print(
+            f"{f:.0%} KV heads full: retrieval-chosen {row.accuracy:.3f}, {verdict} the random sets' range "
+            f"[{low[f]:.3f}, {high[f]:.3f}]; paired sign-flip p = {row.p_value:.3g} (smallest possible "
+            f"{row.p_min:.3g})"
+        )
+
+
+def _rereport(out: Path, model: str, scores: Any) -> None:
+    """Rewrite a detection run's report.html from the files in ``out`` (its compression.json included)."""
+    import pandas as pd
+
+    from headscope.retrieval import AttentionRows, Stability
+
+    outcomes = pd.read_csv(out / "outcomes.csv") if (out / "outcomes.csv").is_file() else None
+    attention = AttentionRows.load(out / "attention.json") if (out / "attention.json").is_file() else None
+    stability = Stability.load(out / "stability.json") if (out / "stability.json").is_file() else None
+    _detect_report(out, model, scores, outcomes, attention, stability)
 
 
 def _patch(args: argparse.Namespace) -> int:
@@ -724,6 +844,65 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="attention route: fused (sdpa, only the knocked-out rows rewritten), eager (TransformerLens hooks) "
         "or auto (fused where available) (default: %(default)s)",
+    )
+
+    p = command(
+        "compress",
+        _compress,
+        "KV-cache compression from a head set: answer accuracy when only a share of KV heads keeps the full cache "
+        "(the rest: sink + recent window), for the retrieval ranking, the attention-mass ranking, random KV heads "
+        "and full attention",
+    )
+    _add_model(p)
+    _add_task(p)
+    p.add_argument(
+        "--scores",
+        required=True,
+        help="scores.json of `headscope main` or `detect`: the retrieval ranking. Detect it on other needles than "
+        "the ones tested here (--seed, default 1; main detects on seed 0)",
+    )
+    p.add_argument(
+        "--fractions",
+        type=float,
+        nargs="+",
+        default=[0.25, 0.5, 0.75],
+        help="shares of KV heads kept full (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="seeds of the random KV-head sets (default: %(default)s)",
+    )
+    p.add_argument(
+        "--sink", type=int, default=4, help="first tokens every streaming KV head keeps (default: %(default)s)"
+    )
+    p.add_argument(
+        "--window",
+        type=int,
+        default=256,
+        help="recent tokens every streaming KV head keeps, the current one included (default: %(default)s)",
+    )
+    p.add_argument(
+        "--pool",
+        choices=("max", "mean", "sum"),
+        default="max",
+        help="how the scores of a KV head's query heads pool: max keeps a KV head whenever any of its query heads "
+        "retrieves (default: %(default)s)",
+    )
+    p.add_argument("--mass-scores", help="scores.json of an attention-mass detection (score='mass') to compare too")
+    p.add_argument(
+        "--mass-seed",
+        type=int,
+        default=0,
+        help="without --mass-scores: detect the mass ranking on the needles of this task seed, in the mode of "
+        "--scores (default: %(default)s, the seed `headscope main` detects on)",
+    )
+    p.add_argument("--no-mass", action="store_true", help="compare no attention-mass ranking")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="tokens to decode per answer (default: %(default)s)")
+    p.set_defaults(
+        answer="sentence", needle="templated", lengths=[1000, 2000], depths=[0, 25, 50, 75, 100], n_samples=1, seed=1
     )
 
     p = command("patch", _patch, "patch the heads two models share from a source model into a target model")

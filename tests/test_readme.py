@@ -103,6 +103,19 @@ def _compare(ns: dict) -> None:
     assert shared.labels == tuple(f"L{a}H{b}" for a, b in shared)
 
 
+def _compression(ns: dict) -> None:
+    policy, curve = ns["policy"], ns["kv_curve"]
+    assert policy.n_full == 45 and round(policy.bytes(8192).ratio, 2) == 1.99
+    frame = curve.to_frame()
+    full = frame[frame["kind"] == "full"]["accuracy"].item()
+    runs = frame[["run", "fraction", "accuracy"]].values.tolist()
+    print(f"\nREADME compression: full attention {full:.2f}, runs {runs}")
+    assert full == 1.0, "SmolLM2 copies both held-out 300-token needles with the whole cache"
+    assert (frame["memory_ratio"] > 1).sum() == len(frame) - 1, "every compressed run holds fewer bytes"
+    against = curve.versus_random(0)
+    assert list(against["fraction"]) == [0.25, 0.5] and (against["p_value"] >= against["p_min"]).all()
+
+
 def _models(ns: dict) -> None:
     import torch
 
@@ -122,6 +135,7 @@ CHECKS: list[tuple[str, Callable[[dict], None]]] = [
     ("result = hs.finetune(", _finetune),
     ("sweep = hs.head_patching_sweep(", _patch),
     ("tuned_scores = hs.detect_retrieval_heads(", _compare),
+    ("kv_curve = hs.compression_curve(", _compression),
     ("info = hs.model_info(model)", _models),
 ]
 

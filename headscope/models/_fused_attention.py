@@ -11,7 +11,9 @@ layer's options (``scaling``, ``softcap``).
 
 It computes the layer's output with stock ``scaled_dot_product_attention`` where that is exact,
 and otherwise (attention logit soft-capping, which sdpa cannot do) a chunk of query rows at a
-time, so no ``[query, key]`` matrix is ever built. Then the layer's active :class:`LayerEdit`\\ s
+time, so no ``[query, key]`` matrix is ever built. Under a compressed KV cache
+(:mod:`headscope.compression`) each group of heads is computed that way over its own keys: full
+heads over every key, streaming heads over their sink and recent window. Then the layer's active :class:`LayerEdit`\\ s
 (knockouts) rewrite the output, and a row reader (detection) reads the rows it scores.
 
 **One row recomputation.** Everything that needs attention weights of a few rows (detection's
@@ -52,6 +54,8 @@ FUSED = "headscope_fused"
 #: Keyword arguments headscope passes down to :func:`fused_attention` through a model call.
 READER_KWARG = "headscope_reader"
 LAYER_KWARG = "headscope_layer"
+#: The compressed KV cache (:class:`~headscope.compression.CompressedCache`) whose layers this call reads.
+KV_KWARG = "headscope_kv"
 
 _CHUNK = 1 << 22  # elements of one [batch, head, row, key] block of recomputed scores
 
@@ -198,6 +202,7 @@ def fused_attention(
     """
     layer = kwargs.pop(LAYER_KWARG, None)
     reader: _Reader | None = kwargs.pop(READER_KWARG, None)
+    compressed = kwargs.pop(KV_KWARG, None)
     if layer is not None:
         query, key = layer.rotated(query, key)
     if kwargs.get("s_aux") is not None:
@@ -212,9 +217,17 @@ def fused_attention(
         scaling if scaling is not None else query.shape[-1] ** -0.5,
         kwargs.pop("softcap", None),
     )
-    out = _attend(module, call, dropout, kwargs)
     state = layer.state if layer is not None else getattr(module, "headscope_state", None)
     edits = state.layer(module.layer_idx) if state is not None else []
+    if compressed is None:
+        out = _attend(module, call, dropout, kwargs)
+    else:
+        if edits or reader is not None or layer is not None:
+            raise ModelError(
+                "a compressed KV cache runs alone on a Hugging Face twin: no knockout, patch or detection can "
+                "share its forward (the streaming heads' keys are not all at hand)"
+            )
+        out = compressed.attend(module.layer_idx, call, lambda part: _attend(module, part, dropout, kwargs))
     for edit in edits:
         out = edit(call, out)
     if reader is not None:

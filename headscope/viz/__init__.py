@@ -14,6 +14,7 @@ The figures of a retrieval run's report, one call each::
     attention_view(record_attention(model, sample, [h for h, _ in scores.top(3)]))
     stability_figure(stability(scores).to_frame(), top_k=10)  # P(top 10) over bootstrap resamples
     knockout_curve_figure(curve.to_frame())              # top heads against random heads
+    compression_figure(compression.to_frame())           # accuracy against KV heads kept full
     ranked_table(scores.to_frame())                      # every head, top 20 shown
     save_report("report.html", "run", retrieval_report(scores, outcomes=log.to_frame(), ...))
 """
@@ -23,6 +24,7 @@ from headscope.viz._attention import TopKey as TopKey
 from headscope.viz._attention import attention_view as attention_view
 from headscope.viz._attention import attention_window as attention_window
 from headscope.viz._attention import circuitsvis_script as circuitsvis_script
+from headscope.viz._compression import compression_figure as compression_figure
 from headscope.viz._figures import correlation_figure as correlation_figure
 from headscope.viz._figures import knockout_curve_figure as knockout_curve_figure
 from headscope.viz._figures import loss_curves as loss_curves

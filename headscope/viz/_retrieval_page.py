@@ -5,7 +5,9 @@
 3. how stable the top k is: P(top k) per head over bootstrap resamples of the samples (when given);
 4. what the top heads do: their attention around the needle on one answered sample;
 5. knockout of the top heads against random heads (when the run has one);
-6. every head sorted by score, the top rows shown and the rest folded.
+6. KV-cache compression: answer accuracy with a share of KV heads full, retrieval-ranked against
+   random (when the run has one, :func:`headscope.compression_curve`);
+7. every head sorted by score, the top rows shown and the rest folded.
 
 Each figure comes from one public ``viz`` function; this module only adds the captions.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from headscope.viz._attention import attention_view
+from headscope.viz._compression import compression_figure
 from headscope.viz._figures import knockout_curve_figure
 from headscope.viz._heads import head_map
 from headscope.viz._needle import needle_heatmap
@@ -24,6 +27,7 @@ from headscope.viz._table import ranked_table
 
 if TYPE_CHECKING:
     from headscope.ablation import KnockoutCurve
+    from headscope.compression import CompressionCurve
     from headscope.retrieval import AttentionRows, RetrievalScores, Stability
 
 __all__ = ["retrieval_report"]
@@ -35,6 +39,7 @@ def retrieval_report(
     outcomes: Any = None,
     attention: AttentionRows | None = None,
     knockout: KnockoutCurve | None = None,
+    compression: CompressionCurve | None = None,
     stability: Stability | None = None,
     threshold: float = 0.1,
     stable_share: float = 0.9,
@@ -46,7 +51,8 @@ def retrieval_report(
     ``outcomes`` is a frame with one row per sample (``length``, ``depth``, ``success``, e.g.
     :meth:`headscope.retrieval.SuccessLog.to_frame`); ``attention`` a record of
     :func:`headscope.retrieval.record_attention`; ``knockout`` a
-    :class:`~headscope.ablation.KnockoutCurve`; ``stability`` a
+    :class:`~headscope.ablation.KnockoutCurve`; ``compression`` a
+    :class:`~headscope.compression.CompressionCurve`; ``stability`` a
     :func:`headscope.retrieval.stability` of ``scores``, whose section names the heads in the top
     k of at least ``stable_share`` of the resamples. Sections whose input is missing are left out,
     as is the needle picture when no sample has a length and a depth. ``threshold`` is Wu et
@@ -141,6 +147,20 @@ def retrieval_report(
                 f"Task score ({knockout.n_samples} samples) with the top-k heads knocked out ({knockout.mode} mode), "
                 f"against k random heads (mean ± std over {len(knockout.seeds)} seeds, shaded).",
                 "knockout",
+            )
+        )
+    if compression is not None:
+        ratios = compression.to_frame().groupby("fraction")["memory_ratio"].mean()
+        memory = ", ".join(f"{f:.0%} full: {r:.2f}×" for f, r in ratios.items())
+        sections.append(
+            Section(
+                "KV-cache compression: retrieval-chosen KV heads against random ones",
+                compression_figure(compression.to_frame()),
+                f"Answer accuracy ({compression.n_samples} samples, greedy decoding) when only a share of KV heads "
+                f"keeps the full cache and the rest keep {compression.sink} sink + {compression.window} recent "
+                f"tokens; random KV-head sets shaded (min–max over seeds), full attention dotted. "
+                f"KV memory saved (measured after the prompt): {memory}.",
+                "compression",
             )
         )
     frame = scores.to_frame()
