@@ -212,6 +212,14 @@ def test_unknown_format_and_non_text_files_are_refused(tmp_path, info):
     binary.write_bytes(b"\xff\xfe\x00\x81")
     with pytest.raises(ConfigError, match=r"heads\.bin is not a head file: it is not UTF-8"):
         load_heads(binary, info)
+    prose = tmp_path / "notes.txt"
+    prose.write_text("retrieval heads: L1H2, L3H4")  # text of no format: every format is named, not Duo's alone
+    with pytest.raises(ConfigError) as raised:
+        load_heads(prose, info)
+    assert all(w in str(raised.value) for w in ("notes.txt", "RetrievalScores", "DuoAttention", "QRHead"))
+    numbers = tmp_path / "duo.txt"
+    numbers.write_text("0.9 0.1\n0.0 0.6\n")  # rows of numbers without the .tsv suffix still read as Duo's
+    assert load_heads(numbers, info).format == "duo"
 
 
 # -- exports round-trip -----------------------------------------------------------------------------

@@ -42,6 +42,7 @@ Format = Choice["auto", "wu", "headkv", "duo", "qrhead", "headscope"]
 _FORMATS = ("auto", "wu", "headkv", "duo", "qrhead", "headscope")
 _DUO_FILE = "full_attention_heads.tsv"
 _QR_CHARS = re.compile(r"^[\d\s,\-]*-[\d\s,\-]*$")  # only digits, commas, dashes and spaces, with a dash
+_NUMBERS = re.compile(r"^\s*[-+.\deE]+(\s+[-+.\deE]+)*\s*$")  # a row of numbers, as DuoAttention's TSV holds
 _QR_YAML = re.compile(r"^\s*attn_head_set\s*:\s*[\"']?([^\"'#\n]*)", re.M)
 
 
@@ -112,7 +113,13 @@ def _kind(name: str, text: str) -> str:
         return "headscope" if isinstance(data, dict) and ("headscope" in data or "format" in data) else "wu"
     if _QR_YAML.search(text) or _QR_CHARS.match(text):
         return "qrhead"
-    return "duo"
+    if _NUMBERS.match(text.strip().splitlines()[0] if text.strip() else ""):
+        return "duo"
+    raise ConfigError(
+        f"{name} is not a head file headscope reads: expected the JSON file RetrievalScores.save writes, "
+        "Wu et al.'s or HeadKV's head_score JSON, DuoAttention's full_attention_heads.tsv or a QRHead "
+        "attn_head_set (a string like '14-22,13-16' or its YAML config)"
+    )
 
 
 def _open(source: str | Path) -> tuple[str, str]:

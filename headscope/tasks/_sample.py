@@ -170,6 +170,8 @@ def _token_range(text: str, offsets: list[tuple[int, int]], span: Span) -> tuple
     """First and one-past-last token overlapping ``span`` (whitespace ignored), and whether both ends align."""
     hits = []
     for i, (a, b) in enumerate(offsets):
+        if b <= span.start or a >= span.end:  # cannot overlap: stripping whitespace only narrows [a, b)
+            continue
         piece = text[a:b]
         a2 = a + (len(piece) - len(piece.lstrip()))
         b2 = b - (len(piece) - len(piece.rstrip()))
