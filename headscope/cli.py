@@ -797,7 +797,7 @@ def build_parser() -> argparse.ArgumentParser:
             type=int,
             default=10,
             help="how many top heads to print; a bootstrap over the answered samples reports the heads in the top "
-            f"--top of at least {STABLE_SHARE:.0%} of {N_BOOT} resamples (default: %(default)s)",
+            f"--top of at least {STABLE_SHARE:.0%}% of {N_BOOT} resamples (default: %(default)s)",
         )
         p.add_argument(
             "--seeds",

@@ -80,6 +80,16 @@ def test_every_option_has_help():
             assert action.help, f"headscope {name} {action.option_strings or action.dest} has no help"
 
 
+def test_every_subcommand_prints_its_help(capsys):
+    """argparse formats help strings with ``%``: a bare ``90%`` in one crashed ``--help``."""
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command").choices
+    for name, sub in subparsers.items():
+        text = sub.format_help()
+        assert "--out" in text or name == "compare", name
+    assert "90% of" in " ".join(subparsers["detect"].format_help().split())
+
+
 def test_main_defaults_are_wu_et_al_setting_on_the_fused_route():
     """headscope main: generation, fused attention, whole-sentence answers, lengths up to SmolLM2's 8k, five depths."""
     main_args, detect_args = build_parser().parse_args(["main"]), build_parser().parse_args(["detect"])
