@@ -17,6 +17,7 @@ __all__ = [
     "MissingDependencyError",
     "ModelError",
     "ModelMismatchError",
+    "ShardError",
     "SpanError",
     "TaskError",
 ]
@@ -75,3 +76,7 @@ for _cls in (
     TaskError,
 ):
     _cls.__module__ = "headscope"
+
+
+class ShardError(HeadscopeError, RuntimeError):
+    """Another rank of a sharded run failed; the message names that rank and its error."""

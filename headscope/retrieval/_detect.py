@@ -36,20 +36,24 @@ function and one tie rule (the earliest key among equal maximal weights).
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from headscope._types import Choice
+from headscope.distributed import World, item_key, model_fingerprint, sharded_map, token_cost
 from headscope.errors import ConfigError
 from headscope.models import model_info, tokenizer_of
 from headscope.retrieval._fused import FusedRoute
 from headscope.retrieval._match import Match, TokenMatch
+from headscope.retrieval._outcomes import SuccessLog, describe_rule
 from headscope.retrieval._prepare import Prepared, prepare
-from headscope.retrieval._rouge import DEFAULT_SUCCESS, RougeRecall
+from headscope.retrieval._rouge import DEFAULT_SUCCESS
 from headscope.retrieval._routes import Attention, EagerRoute, choose_route
 from headscope.retrieval._scores import RetrievalScores, Score
 from headscope.retrieval._top1 import count_hits, needle_mask
@@ -79,6 +83,8 @@ def detect_retrieval_heads(
     batch_size: int = 1,
     keep_per_sample: bool = True,
     progress: bool = True,
+    distributed: bool = False,
+    resume: str | Path | None = None,
 ) -> RetrievalScores:
     """Retrieval score of every head of ``model`` on ``samples`` (see the module docstring).
 
@@ -105,6 +111,14 @@ def detect_retrieval_heads(
       sees only real tokens under the causal mask and keeps its positions, on every model kind.
       Generation decodes one sample at a time (samples stop at different steps, and on CPU a
       batched decoding step is no cheaper per token), as Wu et al. do.
+
+    - ``distributed``: split the samples over the ranks of the initialised ``torch.distributed``
+      group (:mod:`headscope.distributed`; balanced by tokens on the fused route, tokens squared
+      on the eager one) and merge in sample order: every rank returns scores equal, bit for bit,
+      to a one-process run's (same thread count, same device kind).
+    - ``resume``: a folder for one result file per finished sample (or batch); a rerun reads
+      them instead of recomputing. Files are keyed by the model's weights, the settings and the
+      sample's tokens, so a changed setting recomputes.
 
     **Cost:** one forward per sample (teacher-forced) or per produced token (generation, with a
     KV cache). On the eager route TransformerLens builds each layer's attention pattern, as in a
@@ -139,37 +153,93 @@ def detect_retrieval_heads(
     same = TokenMatch(tokenizer, match)
     extra = max_new_tokens - 1 if generation else None
     prepared = prepare(samples, tokenizer, info, span=span, extra_tokens=extra, same=same)
-    settings: dict[str, Any] = {"span": span, "success": _describe(success)}
+    settings: dict[str, Any] = {"span": span, "success": describe_rule(success)}
     if not mass:
         settings["match"] = match
     route = choose_route(model, attention, info.n_layers)
     if generation:
         stops = set(stop_ids) if stop_ids is not None else {tokenizer.eos_token_id} - {None}
         settings.update(max_new_tokens=max_new_tokens, stop_ids=sorted(stops))
-        scored = _generation(route, prepared, same, mass=mass, max_new_tokens=max_new_tokens, stop_ids=stops)
     else:
         settings.update(require_prediction=require_prediction)
-        scored = _teacher_forced(
-            route, prepared, same, mass=mass, require_prediction=require_prediction, batch_size=batch_size
-        )
+    judge = success.rule if isinstance(success, SuccessLog) else success
+    chunk = 1 if generation else batch_size
+    batches = [prepared[i : i + chunk] for i in range(0, len(prepared), chunk)]
 
-    hit_sums = torch.zeros(info.shape, dtype=torch.float64)
-    per_sample: list[Tensor] = []
-    n_counted = 0
-    bar = tqdm(total=len(prepared), desc=f"retrieval heads ({mode})", disable=not progress, unit="sample")
-    with torch.no_grad(), route.session(), bar:
-        for item, value, output_ids in scored:
-            bar.update(1)
-            if not success(item.sample, tokenizer.decode(output_ids.tolist())):
-                continue
-            hit_sums += value
-            n_counted += 1
-            if keep_per_sample:
-                per_sample.append(value)
-    per = torch.stack(per_sample) if per_sample else torch.zeros(0, *info.shape, dtype=torch.float64)
-    return RetrievalScores(
-        hit_sums, n_counted, len(prepared), info.name, mode, settings, per if keep_per_sample else None, score
+    def score_batch(batch: list[Prepared]) -> list[Judged]:
+        if generation:
+            results = _generation(route, batch, same, mass=mass, max_new_tokens=max_new_tokens, stop_ids=stops)
+        else:
+            results = _teacher_forced(
+                route, batch, same, mass=mass, require_prediction=require_prediction, batch_size=chunk
+            )
+        judged = []
+        for item, value, output_ids in results:
+            output = tokenizer.decode(output_ids.tolist())
+            judged.append(Judged(value, output, bool(judge(item.sample, output))))
+        return judged
+
+    fused = isinstance(route, FusedRoute)
+    extra_cost = max_new_tokens if generation else 0
+    keys = None
+    if resume is not None:
+        run = {"model": info.name, "weights": model_fingerprint(model), "mode": mode, "score": score, **settings}
+        keys = [item_key("detect", run, [_tokens(p) for p in batch]) for batch in batches]
+    parts = sharded_map(
+        score_batch,
+        batches,
+        keys=keys,
+        costs=[sum(token_cost(_length(p) + extra_cost, fused=fused) for p in batch) for batch in batches],
+        partial=resume,
+        encode=lambda judged: [j.to_json() for j in judged],
+        decode=lambda rows: [Judged.from_json(row) for row in rows],
+        context=lambda: _session(route),
+        desc=f"retrieval heads ({mode})",
+        unit="batch" if chunk > 1 else "sample",
+        progress=progress,
+        world=None if distributed else World(),  # one process, even inside a group the caller shards itself
     )
+    judged = [j for part in parts for j in part]
+    if isinstance(success, SuccessLog):
+        success.records.extend((p.sample, j.output, j.ok) for p, j in zip(prepared, judged, strict=True))
+    hit_sums = torch.zeros(info.shape, dtype=torch.float64)
+    counted = [j.value for j in judged if j.ok]
+    for value in counted:
+        hit_sums += value
+    per = torch.stack(counted) if counted else torch.zeros(0, *info.shape, dtype=torch.float64)
+    return RetrievalScores(
+        hit_sums, len(counted), len(prepared), info.name, mode, settings, per if keep_per_sample else None, score
+    )
+
+
+@dataclass(frozen=True)
+class Judged:
+    """One sample's scores ``[layer, head]``, the model's output text, and whether it counts."""
+
+    value: Float[Tensor, "layer head"]
+    output: str
+    ok: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"value": self.value.tolist(), "output": self.output, "ok": self.ok}
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> Judged:
+        return cls(torch.tensor(row["value"], dtype=torch.float64), row["output"], row["ok"])
+
+
+@contextmanager
+def _session(route: Route) -> Iterator[None]:
+    with torch.no_grad(), route.session():
+        yield
+
+
+def _length(p: Prepared) -> int:
+    return p.input_ids.numel() + p.answer_ids.numel()
+
+
+def _tokens(p: Prepared) -> list[Any]:
+    return [p.input_ids.tolist(), p.answer_ids.tolist(), list(p.spans)]
 
 
 Scored = Iterator[tuple[Prepared, Float[Tensor, "layer head"], Int[Tensor, " answer"]]]
@@ -227,10 +297,3 @@ def _generation(
         mask = needle_mask(seq.numel(), p.spans, torch.device("cpu"))
         valid = torch.ones(len(produced), dtype=torch.bool)
         yield p, count_hits(read, same(seq), mask, same(out), valid).to(torch.float64) / p.needle_len, out
-
-
-def _describe(success: Success) -> str:
-    """A stable name for the success rule (recorded in settings, compared when merging)."""
-    if isinstance(success, RougeRecall):
-        return str(success)
-    return getattr(success, "__qualname__", None) or type(success).__name__

@@ -12,11 +12,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from headscope.retrieval._detect import _describe
-from headscope.retrieval._rouge import DEFAULT_SUCCESS
+from headscope.retrieval._rouge import DEFAULT_SUCCESS, RougeRecall
 from headscope.tasks import Sample
 
-__all__ = ["SuccessLog"]
+__all__ = ["SuccessLog", "describe_rule"]
 
 
 class SuccessLog:
@@ -39,7 +38,7 @@ class SuccessLog:
         self.rule = rule if rule is not None else DEFAULT_SUCCESS
         self.records: list[tuple[Sample, str, bool]] = []
         # Detection names a rule by its __qualname__ (or str() for RougeRecall): answer for the wrapped rule.
-        self.__qualname__ = _describe(self.rule)
+        self.__qualname__ = describe_rule(self.rule)
 
     def __call__(self, sample: Sample, output: str) -> bool:
         ok = bool(self.rule(sample, output))
@@ -77,3 +76,10 @@ class SuccessLog:
             ],
             columns=["index", "length", "depth", "answer", "output", "success"],
         )
+
+
+def describe_rule(success: Callable[[Sample, str], bool]) -> str:
+    """A stable name for a success rule (recorded in the scores' settings, compared when merging)."""
+    if isinstance(success, RougeRecall):
+        return str(success)
+    return getattr(success, "__qualname__", None) or type(success).__name__
