@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any, NoReturn
 
-from headscope.errors import ConfigError, HeadscopeError
+from headscope.errors import ConfigError, HeadscopeError, ShardError
 
 TASKS = ("needle", "mdqa", "multihop", "kv", "citation")
 KINDS = ("natural", "templated", "symbolic")
@@ -41,6 +45,11 @@ NEEDLE_SPANS = ("answer", "needle")
 #: must be in the top ``--top`` of to be reported stable.
 N_BOOT = 1000
 STABLE_SHARE = 0.9
+#: The commands ``torchrun`` shards (``torchrun --nproc-per-node N -m headscope CMD ...``).
+SHARDED = ("main", "detect", "knockout", "patch", "paper")
+#: Where a sharded command keeps one result file per finished work item, inside ``--out``; a rerun
+#: of an interrupted command reads them back, and a finished run removes the folder.
+PARTIAL = ".partial"
 
 
 def _load_model(
@@ -106,6 +115,20 @@ def _samples(args: argparse.Namespace, model: Any, built: list[Any] | None) -> l
         prefix = None if args.answer_prefix == "none" else args.answer_prefix
         samples = [s.with_chat_template(tokenizer, answer_prefix=prefix) for s in samples]
     return samples
+
+
+def _sharding(args: argparse.Namespace) -> dict[str, Any]:
+    """Split the work over the ``torchrun`` ranks (if any) and keep per-item results in ``OUT/.partial``."""
+    from headscope.distributed import current_world
+
+    return {"distributed": current_world().distributed, "resume": Path(args.out) / PARTIAL}
+
+
+def _is_main() -> bool:
+    """Rank 0 (or the only process): the one that writes files and prints."""
+    from headscope.distributed import current_world
+
+    return current_world().main
 
 
 def _out(args: argparse.Namespace) -> Path:
@@ -255,7 +278,10 @@ def _detect_one(
         match=args.match,
         max_new_tokens=args.max_new_tokens,
         success=log,
+        **_sharding(args),
     )
+    if not _is_main():
+        return 0, None
     out.mkdir(parents=True, exist_ok=True)
     scores.save(out / "scores.json")
     scores.to_wu_json(out / "head_score.json")
@@ -396,7 +422,10 @@ def _knockout(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         positions=args.positions,
         attention=args.attention,
+        **_sharding(args),
     )
+    if not _is_main():
+        return 0
     out = _out(args)
     curve.save(out / "knockout.json")
     frame = curve.to_frame()
@@ -539,7 +568,11 @@ def _patch(args: argparse.Namespace) -> int:
     target = _load_model(args.target, args.kind, args.target_weights, device=args.device, dtype=args.dtype)
     samples = _samples(args, target, built)
     encoded = [s.encode(target.tokenizer) for s in samples]
-    result = compare_patching(target, source, encoded, sorted(shared), n_random=args.n_random, seed=args.seed)
+    result = compare_patching(
+        target, source, encoded, sorted(shared), n_random=args.n_random, seed=args.seed, **_sharding(args)
+    )
+    if not _is_main():
+        return 0
     out = _out(args)
     result.save(out / "patching.json")
     frame = result.to_frame()
@@ -667,7 +700,9 @@ def _paper(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     preset = PipelineConfig.smollm2_smoke if args.smoke else PipelineConfig.smollm2
     changes = {"train": args.train} if args.train else {}
-    result = run_pipeline(preset(data=args.data, seed=args.seed, **changes), progress=True)
+    result = run_pipeline(preset(data=args.data, seed=args.seed, **changes), progress=True, **_sharding(args))
+    if not _is_main():
+        return 0
     report = result.export(_out(args), title="Synthetic vs real MDQA on SmolLM2: retrieval heads")
     print(result.summary())
     print(result.benchmark())
@@ -946,12 +981,67 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; under ``torchrun`` every rank runs it, sharded, and rank 0 writes the results."""
+    from headscope.distributed import abort, finish
+
     args = build_parser().parse_args(argv)
+    world = None
     try:
-        return args.run(args)
+        world = _join(args)
+        with _quiet(world):
+            code = args.run(args)
+        finish(world)
     except (HeadscopeError, ValueError, FileNotFoundError) as error:  # json.JSONDecodeError is a ValueError
-        print(f"headscope: error: {' '.join(str(error).split())}", file=sys.stderr)
+        abort(error)
+        if world is None or world.main or not isinstance(error, ShardError):
+            where = f" (rank {world.rank} of {world.size})" if world is not None and world.distributed else ""
+            print(f"headscope: error{where}: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
+    except BaseException as error:
+        abort(error)
+        raise
+    finally:
+        _leave(world)
+    if world.main and code == 0:
+        shutil.rmtree(Path(args.out) / PARTIAL, ignore_errors=True)  # a finished run leaves no partial results
+    return code
+
+
+def _join(args: argparse.Namespace) -> Any:
+    """Join the ``torchrun`` process group (gloo on CPU, nccl on CUDA) for the sharded commands."""
+    from headscope.distributed import World, init_world, rank_device
+
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size > 1 and args.command not in SHARDED:
+        raise ConfigError(
+            f"headscope {args.command} runs in one process, but WORLD_SIZE={size}; start it without torchrun "
+            f"(sharded commands: {', '.join(SHARDED)})"
+        )
+    if args.command not in SHARDED:
+        return World()
+    device = getattr(args, "device", "cpu")
+    world = init_world(device)
+    if hasattr(args, "device"):
+        args.device = rank_device(device, world)
+    return world
+
+
+@contextmanager
+def _quiet(world: Any) -> Iterator[None]:
+    """Only rank 0 prints: the other ranks' standard output goes nowhere (errors still reach stderr)."""
+    if world.main:
+        yield
+        return
+    with open(os.devnull, "w") as sink, redirect_stdout(sink), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _leave(world: Any) -> None:
+    import torch.distributed as dist
+
+    if world is not None and world.distributed and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -338,7 +338,7 @@ def test_paper_command_runs_the_preset_and_can_train_only_attention_weights(tmp_
 
     seen = []
 
-    def stop(config, progress):  # record the config, then stop before any model loads
+    def stop(config, progress, **sharding):  # record the config, then stop before any model loads
         seen.append(config)
         raise HeadscopeError("stopped by the test")
 

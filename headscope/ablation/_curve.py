@@ -6,16 +6,17 @@ import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from headscope._types import Choice
 from headscope.ablation._apply import Attention, uses_fused
 from headscope.ablation._inputs import encoded
 from headscope.ablation._means import head_means
 from headscope.ablation._spec import Knockout, Route
+from headscope.distributed import World, item_key, model_fingerprint, sharded_map, token_cost
 from headscope.errors import ConfigError, HeadIndexError
 from headscope.heads import Head, Heads, random_heads
 from headscope.models import model_info
@@ -117,6 +118,8 @@ def knockout_curve(
     positions: Positions = "answer",
     mean_exclude: Sequence[str] = (),
     progress: bool = True,
+    distributed: bool = False,
+    resume: str | Path | None = None,
 ) -> KnockoutCurve:
     """Score ``samples`` with the top ``k`` heads of ``ranking`` knocked out, and with ``k`` random heads.
 
@@ -141,6 +144,11 @@ def knockout_curve(
       model's: the curve measures what the heads do while answering.
     - ``"all"``: every row, prompt included; later layers then also read context representations
       the knockout rewrote.
+
+    ``distributed=True`` splits the ``score_fn`` calls (samples x k x seeds) over the ranks of the
+    initialised ``torch.distributed`` group (:mod:`headscope.distributed`) and returns the
+    one-process curve on every rank; ``resume`` names a folder of per-call results a rerun reads
+    back (keyed by the model's weights, the settings, the heads and the sample).
 
     Calls ``score_fn`` ``len(samples) * (1 + len(ks) * (1 + len(seeds)))``
     times. Warns when the score with nothing knocked out is 0 on every sample (a flat, meaningless curve).
@@ -179,33 +187,47 @@ def knockout_curve(
         tuple(tuple(random_heads(info, k, exclude=ranking_[:exclude], seed=seed)) for k in ks) for seed in seeds
     )
     means = head_means(model, samples, exclude=mean_exclude) if mode == "mean" else None
-    bar = tqdm(total=len(samples) * (1 + len(ks) * (1 + len(seeds))), desc="knockout curve", disable=not progress)
+    runs = [(), *(ranking_[:k] for k in ks), *(heads for per_seed in random_sets for heads in per_seed)]
+    items = [(r, i) for r in range(len(runs)) for i in range(len(samples))]
 
-    def score(heads: Sequence[Head]) -> list[float]:
+    def score(item: tuple[int, int]) -> float:
+        heads, sample = runs[item[0]], samples[item[1]]
         if not heads:  # the baseline runs on the knockouts' attention route, so untouched rows agree bit for bit
             with fused_bridge(model) if attention == "fused" else nullcontext():
-                values = [float(score_fn(model, sample)) for sample in samples]
-            bar.update(len(samples))
-            return values
+                return float(score_fn(model, sample))
         spec = Knockout(
             tuple(heads),
             mode,  # type: ignore[arg-type]
             span=span if mode == "edge" else None,
             means=None if means is None else means[[h[0] for h in heads], [h[1] for h in heads]],
         )
-        values = []
-        for sample in samples:
-            with _for_sample(spec, model, sample, positions).applied(model, route=route, attention=attention):
-                values.append(float(score_fn(model, sample)))
-            bar.update()
-        return values
+        with _for_sample(spec, model, sample, positions).applied(model, route=route, attention=attention):
+            return float(score_fn(model, sample))
 
-    with bar:
-        intact = score(())
-        if not any(intact):
-            warnings.warn(_FLAT, UserWarning, stacklevel=2)
-        top = tuple(float(np.mean(score(ranking_[:k]))) for k in ks)
-        random = tuple(tuple(float(np.mean(score(heads))) for heads in per_seed) for per_seed in random_sets)
+    tokens = [len(e.input_ids) + len(e.answer_ids) for e in (encoded(model, s) for s in samples)]
+    keys = None
+    if resume is not None:
+        run = [info.name, model_fingerprint(model), mode, span, positions, attention, route, _name(score_fn)]
+        if mode == "mean":
+            run += [list(mean_exclude), [_text(s) for s in samples]]
+        keys = [item_key("knockout", run, [list(h) for h in runs[r]], _text(samples[i])) for r, i in items]
+    values = sharded_map(
+        score,
+        items,
+        keys=keys,
+        costs=[token_cost(tokens[i], fused=attention == "fused") for _, i in items],
+        partial=resume,
+        desc="knockout curve",
+        progress=progress,
+        world=None if distributed else World(),
+    )
+    per_run = [values[r * len(samples) : (r + 1) * len(samples)] for r in range(len(runs))]
+    intact = per_run[0]
+    if not any(intact):
+        warnings.warn(_FLAT, UserWarning, stacklevel=2)
+    top = tuple(float(np.mean(v)) for v in per_run[1 : 1 + len(ks)])
+    flat = [float(np.mean(v)) for v in per_run[1 + len(ks) :]]
+    random = tuple(tuple(flat[s * len(ks) : (s + 1) * len(ks)]) for s in range(len(seeds)))
     baseline = float(np.mean(intact))
     return KnockoutCurve(
         ks=ks,
@@ -233,3 +255,14 @@ def _for_sample(spec: Knockout, model: Any, sample: Sample, positions: str) -> K
     if positions == "all":
         return spec
     return replace(spec, queries=tuple(range(len(enc.input_ids) - 1, model_info(model).n_ctx)))
+
+
+def _name(score_fn: ScoreFn) -> str:
+    return getattr(score_fn, "__qualname__", None) or type(score_fn).__name__
+
+
+def _text(sample: Sample) -> list[Any]:
+    """What a sample's result depends on: its text, or its tokens when it comes encoded."""
+    if isinstance(sample, Sample):
+        return [sample.prompt, sample.answer, sample.bos, [str(span) for span in sample.spans]]
+    return [sample.input_ids.tolist(), sample.answer_ids.tolist()]

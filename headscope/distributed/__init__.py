@@ -15,6 +15,7 @@ from headscope.distributed._balance import balance as balance
 from headscope.distributed._balance import token_cost as token_cost
 from headscope.distributed._fingerprint import model_fingerprint as model_fingerprint
 from headscope.distributed._map import abort as abort
+from headscope.distributed._map import finish as finish
 from headscope.distributed._map import item_key as item_key
 from headscope.distributed._map import sharded_map as sharded_map
 from headscope.distributed._world import World as World
@@ -27,6 +28,7 @@ __all__ = [
     "abort",
     "balance",
     "current_world",
+    "finish",
     "init_world",
     "item_key",
     "model_fingerprint",

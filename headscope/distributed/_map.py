@@ -37,7 +37,7 @@ from headscope.distributed._balance import balance
 from headscope.distributed._world import World, current_world
 from headscope.errors import ConfigError, ShardError
 
-__all__ = ["abort", "item_key", "sharded_map"]
+__all__ = ["abort", "finish", "item_key", "sharded_map"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -106,6 +106,8 @@ def sharded_map(
         for i, key in enumerate(keys or ()):
             if (folder / f"{key}.json").is_file():
                 done[i] = json.loads((folder / f"{key}.json").read_text())
+    if done and progress and world.main:
+        tqdm.write(f"{desc}: {len(done)} of {len(items)} {unit}s read back from {folder} (an earlier run's)")
     todo = [i for i in range(len(items)) if i not in done]
     weights = [1.0 if costs is None else float(costs[i]) for i in todo]
     mine = [todo[j] for j in balance(weights, world.size)[world.rank]]
@@ -129,6 +131,16 @@ def sharded_map(
     for part in _gather(world, computed):
         done.update(part)
     return [decode(done[i]) for i in range(len(items))]
+
+
+def finish(world: World | None = None) -> None:
+    """Wait until every rank gets here, or raise :class:`ShardError` if one failed on the way.
+
+    The end of a sharded command: rank 0 may still be writing files after the last gather, and
+    a failure there must reach the other ranks instead of leaving them in a barrier.
+    """
+    world = current_world() if world is None else world
+    _wait_for_peers(world, next(_calls))
 
 
 def _write(path: Path, value: Any) -> None:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from headscope.distributed import World, item_key, model_fingerprint, sharded_map
 from headscope.errors import ConfigError, InputTypeError
 from headscope.heads import Head, Heads, as_heads, random_heads
 from headscope.models import model_info
@@ -93,25 +94,31 @@ def compare_patching(
     n_random: int = 5,
     seed: int = 0,
     progress: bool = True,
+    distributed: bool = False,
+    resume: str | Path | None = None,
 ) -> PatchingComparison:
     """Patch ``shared_heads``, their complement and ``n_random`` equal-size random sets from ``source`` into ``target``.
 
-    ``inputs`` are token tensors (``[pos]`` or ``[batch, pos]``) or
-    :class:`~headscope.tasks.EncodedSample` objects, run teacher-forced: the prompt and the answer
-    less its last token, so each answer token is predicted by the row before it
-    (:mod:`headscope.tasks._forced`). ``metric`` maps logits to a scalar; left as ``None``, every
-    input must be an encoded sample and the metric is the answer's log-probability, summed over
-    its tokens. Random sets are drawn from the heads outside
-    ``shared_heads`` with seeds ``seed, seed + 1, ...``. Values are means over the inputs.
+        ``inputs`` are token tensors (``[pos]`` or ``[batch, pos]``) or
+        :class:`~headscope.tasks.EncodedSample` objects, run teacher-forced: the prompt and the answer
+        less its last token, so each answer token is predicted by the row before it
+        (:mod:`headscope.tasks._forced`). ``metric`` maps logits to a scalar; left as ``None``, every
+        input must be an encoded sample and the metric is the answer's log-probability, summed over
+        its tokens. Random sets are drawn from the heads outside
+        ``shared_heads`` with seeds ``seed, seed + 1, ...``. Values are means over the inputs.
 
-    >>> from headscope import load_model
-    >>> from headscope.models import load_folder, tiny_folder
-    >>> from headscope.patching import LogitDiff
-    >>> target, source = load_model("tiny-llama"), load_folder(tiny_folder("llama", seed=1))
-    >>> cmp = compare_patching(target, source, [torch.tensor([0, 5, 9, 7])], [(1, 0), (1, 2)],
-    ...                        LogitDiff(5, 6), n_random=2, progress=False)
-    >>> sorted(cmp.sets), len(cmp.sets["complement"])
-    (['complement', 'random-0', 'random-1', 'shared'], 6)
+    ``distributed=True`` splits the inputs over the ranks of the initialised ``torch.distributed``
+    group (each rank records the source once per input for every set) and returns the one-process
+    comparison on every rank; ``resume`` names a folder of per-input results a rerun reads back.
+
+        >>> from headscope import load_model
+        >>> from headscope.models import load_folder, tiny_folder
+        >>> from headscope.patching import LogitDiff
+        >>> target, source = load_model("tiny-llama"), load_folder(tiny_folder("llama", seed=1))
+        >>> cmp = compare_patching(target, source, [torch.tensor([0, 5, 9, 7])], [(1, 0), (1, 2)],
+        ...                        LogitDiff(5, 6), n_random=2, progress=False)
+        >>> sorted(cmp.sets), len(cmp.sets["complement"])
+        (['complement', 'random-0', 'random-1', 'shared'], 6)
     """
     check_same_architecture(target, source)
     info = model_info(target)
@@ -129,16 +136,38 @@ def compare_patching(
     sets: dict[str, list[Head]] = {"shared": shared, "complement": complement}
     for i in range(n_random):
         sets[f"random-{i}"] = random_heads(info, len(shared), exclude=shared, seed=seed + i)
-    totals = dict.fromkeys(["target", "source", *sets], 0.0)
-    for item in tqdm(inputs, disable=not progress, desc="inputs"):
+
+    def run(item: Any) -> dict[str, float]:
         tokens, item_metric = _prepare(item, metric)
+        values = {}
         with torch.no_grad():
-            totals["target"] += float(item_metric(target(tokens.to(_device(target)))))
-            totals["source"] += float(item_metric(source(tokens.to(_device(source)))))
+            values["target"] = float(item_metric(target(tokens.to(_device(target)))))
+            values["source"] = float(item_metric(source(tokens.to(_device(source)))))
         acts = record_heads(source, tokens.to(_device(source)))
         for name, heads in sets.items():
             with torch.no_grad(), patched(target, acts, heads):
-                totals[name] += float(item_metric(target(tokens.to(_device(target)))))
+                values[name] = float(item_metric(target(tokens.to(_device(target)))))
+        return values
+
+    keys = None
+    if resume is not None:
+        run_of = [info.name, model_fingerprint(target), model_fingerprint(source), metric and metric_name(metric)]
+        heads = {name: [list(h) for h in chosen] for name, chosen in sets.items()}
+        keys = [item_key("patching", run_of, heads, _key(x)) for x in inputs]
+    per_input = sharded_map(
+        run,
+        list(inputs),
+        keys=keys,
+        costs=[float(_prepare(x, metric)[0].numel()) for x in inputs],
+        partial=resume,
+        desc="inputs",
+        progress=progress,
+        world=None if distributed else World(),
+    )
+    totals = dict.fromkeys(["target", "source", *sets], 0.0)
+    for values in per_input:  # summed in input order, as one process adds them
+        for name in totals:
+            totals[name] += values[name]
     return PatchingComparison(
         metric=metric_name(metric) if metric is not None else "answer_logprob",
         values={k: v / len(inputs) for k, v in totals.items()},
@@ -174,3 +203,10 @@ class _AnswerRowsLogProb:
 
 def _device(model: Any) -> torch.device:
     return next(model.parameters()).device
+
+
+def _key(item: Any) -> Any:
+    """What one input's result depends on: its tokens (and answer, for an encoded sample)."""
+    if isinstance(item, Tensor):
+        return item.tolist()
+    return [item.input_ids.tolist(), item.answer_ids.tolist()]

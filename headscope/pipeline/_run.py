@@ -5,14 +5,14 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
-
-from tqdm.auto import tqdm
 
 from headscope.ablation import KnockoutCurve, knockout_curve
 from headscope.compare import Correlation, correlate, head_set, jaccard, recall
-from headscope.errors import HeadscopeError
+from headscope.distributed import World, item_key, model_fingerprint, sharded_map
+from headscope.errors import ConfigError, HeadscopeError
 from headscope.heads import Head
 from headscope.models import load_folder, load_model, model_info, name_model, tiny_folder, tokenizer_of
 from headscope.patching import PatchingComparison, compare_patching
@@ -22,7 +22,7 @@ from headscope.pipeline._result import PipelineResult, VariantResult
 from headscope.pipeline._score import answer_correct, answer_logprob, generated_match, sample_scores
 from headscope.retrieval import RetrievalScores, detect_retrieval_heads
 from headscope.tasks import EncodedSample, Sample
-from headscope.training import FinetuneResult, finetune
+from headscope.training import FinetuneResult, finetune, load_weights, save_weights
 
 __all__ = [
     "ModelScore",
@@ -158,7 +158,11 @@ def _correlations(synthetic: Sequence[VariantResult], config: PipelineConfig) ->
 
 
 def _knockout(
-    model: Any, scores: RetrievalScores, samples: Sequence[Sample], config: PipelineConfig
+    model: Any,
+    scores: RetrievalScores,
+    samples: Sequence[Sample],
+    config: PipelineConfig,
+    sharding: Mapping[str, Any] | None = None,
 ) -> tuple[KnockoutCurve | None, list[str]]:
     """The knockout curve of the heads with a positive retrieval score, best first (never zero-score heads)."""
     ranking = [head for head, score in scores.above(0.0)]
@@ -180,6 +184,7 @@ def _knockout(
         seeds=config.knockout_seeds,
         positions=config.knockout_positions,  # type: ignore[arg-type]
         progress=False,
+        **(sharding or {}),
     )
     return curve, notes
 
@@ -198,13 +203,20 @@ def _patch_target(variants: Sequence[VariantResult], config: PipelineConfig) -> 
 
 
 def _patching(
-    real: Any, target: Any, shared: list[Head], samples: Sequence[Sample], config: PipelineConfig
+    real: Any,
+    target: Any,
+    shared: list[Head],
+    samples: Sequence[Sample],
+    config: PipelineConfig,
+    sharding: Mapping[str, Any] | None = None,
 ) -> tuple[PatchingComparison | None, str | None]:
     n_all = model_info(real).n_layers * model_info(real).n_heads
     if not shared or len(shared) == n_all:
         return None, f"no patching: the shared head set has {len(shared)} of {n_all} heads (needs some, not all)"
     encoded = [s.encode(tokenizer_of(target)) for s in samples]
-    cmp = compare_patching(target, real, encoded, shared, n_random=config.n_random, seed=config.seed, progress=False)
+    cmp = compare_patching(
+        target, real, encoded, shared, n_random=config.n_random, seed=config.seed, progress=False, **(sharding or {})
+    )
     return cmp, None
 
 
@@ -245,13 +257,30 @@ def _position(sample: Sample) -> int:
     return position if isinstance(position, int) else -1
 
 
+def _model_score(row: Mapping[str, Any]) -> ModelScore:
+    """A :class:`ModelScore` back from ``dataclasses.asdict`` (through JSON: tuples came back as lists)."""
+    return ModelScore(
+        row["accuracy"],
+        row["logprob"],
+        tuple((p, a) for p, a in row["by_position"]),
+        tuple(row["sample_accuracy"]),
+        tuple(row["sample_logprob"]),
+    )
+
+
 def _mean_tokens(model: Any, samples: Sequence[Sample]) -> float:
     tok = tokenizer_of(model)
     lengths = [len(e.input_ids) + len(e.answer_ids) for e in (s.encode(tok) for s in samples)]
     return sum(lengths) / len(lengths)
 
 
-def run_pipeline(config: PipelineConfig, *, progress: bool = True) -> PipelineResult:
+def run_pipeline(
+    config: PipelineConfig,
+    *,
+    progress: bool = True,
+    distributed: bool = False,
+    resume: str | Path | None = None,
+) -> PipelineResult:
     """Fine-tune the base on each variant, score, detect heads, correlate, knock out and patch.
 
     1. Build the base model (:func:`base_model`) and fine-tune a copy on the real data and on each
@@ -267,7 +296,14 @@ def run_pipeline(config: PipelineConfig, *, progress: bool = True) -> PipelineRe
     5. Patch the heads the real model shares with the patch target from real into target, against
        the complement and random sets, on the analysis part (:func:`~headscope.patching.compare_patching`).
 
-    ``result.seconds`` times each stage: ``pretrain`` (building or loading the base), ``data``,
+    ``distributed=True`` splits the variants (and then the knockout's and the patching's work)
+    over the ranks of the initialised ``torch.distributed`` group; every rank returns the
+    one-process result (timings aside). It needs ``resume``, a folder all ranks read: each
+    fine-tuned model's weights go there, for the ranks that knock out or patch it. ``resume``
+    alone keeps each finished variant (results and weights), so an interrupted run restarts
+    from the variants it has.
+
+    ``result.seconds`` times each stage (on this rank): ``pretrain`` (building or loading the base), ``data``,
     ``finetune``, ``score``, ``heads``, ``knockout``, ``patching``.
     """
     seconds: dict[str, float] = {}
@@ -287,29 +323,84 @@ def run_pipeline(config: PipelineConfig, *, progress: bool = True) -> PipelineRe
     detection = [eval_samples[i] for i in detect_ids]
     analysis = [eval_samples[i] for i in analysis_ids]
     lap("data")
-    models: dict[str, Any] = {}
+    if distributed and resume is None:
+        raise ConfigError(
+            "run_pipeline(distributed=True) needs resume=, a folder every rank can read: ranks hand each other "
+            "the fine-tuned models through it"
+        )
+    folder = Path(resume) if resume is not None else None
+    here: dict[str, Any] = {}  # the models this rank fine-tuned, by variant name
+
+    def run(variant: Variant | None) -> dict[str, Any]:
+        """Fine-tune on one variant (``None``: the base as it is), score it and detect its heads."""
+        if variant is None:
+            model, run_, tokens, name = base, None, None, "base"
+        else:
+            train = variant_samples(config, variant, tok, split="train", n_ctx=n_ctx)
+            tokens = _mean_tokens(base, train)
+            lap("data")
+            model, run_ = finetune_variant(base, train, config)
+            lap("finetune")
+            name = variant.name
+        score = score_model(model, eval_samples, config)
+        lap("score")
+        scores_, heads = retrieval_heads(model, detection, config)
+        lap("heads")
+        weights = None
+        if run_ is not None:
+            here[name] = model
+            if folder is not None:  # another rank (or a resumed run) may need this model later
+                weights = f"{keys[name]}.safetensors"
+                save_weights(model, folder / weights, run_.trained)
+        return {
+            "name": name,
+            "score": asdict(score),
+            "scores": scores_.to_dict(),
+            "heads": [list(h) for h in heads],
+            "tokens": tokens,
+            "training": run_.to_dict() if run_ is not None else None,
+            "weights": weights,
+        }
+
+    variants: list[Variant] = [config.real, *config.variants]
+    items: list[Variant | None] = [None, *variants] if config.score_base else list(variants)
+    base_key = model_fingerprint(base) if folder is not None else ""
+    keys = {
+        "base" if v is None else v.name: item_key("pipeline", repr(config), base_key, None if v is None else v.name)
+        for v in items
+    }
+    done = sharded_map(
+        run,
+        items,
+        keys=[keys["base" if v is None else v.name] for v in items],
+        costs=[0.0 if v is None else 1.0 for v in items],
+        partial=folder,
+        desc="variants",
+        unit="variant",
+        progress=progress,
+        world=None if distributed else World(),
+    )
+
+    def model_of(name: str) -> Any:
+        """A fine-tuned model: this rank's own, or the base with the weights another rank saved."""
+        if name not in here:
+            row = next(r for r in done if r["name"] == name)
+            here[name] = copy.deepcopy(base)
+            load_weights(here[name], folder / row["weights"])  # type: ignore[operator]
+        return here[name]
+
     training: dict[str, FinetuneResult] = {}
     scores: dict[str, RetrievalScores] = {}
     rows: list[dict[str, Any]] = []
     reference = None
-    if config.score_base:
-        score = score_model(base, eval_samples, config)
-        lap("score")
-        scores["base"], heads = retrieval_heads(base, detection, config)
-        lap("heads")
-        reference = dict(name="base", score=score, heads=heads, tokens=None)
-    variants: list[Variant] = [config.real, *config.variants]
-    for variant in tqdm(variants, desc="variants", disable=not progress):
-        train = variant_samples(config, variant, tok, split="train", n_ctx=n_ctx)
-        tokens = _mean_tokens(base, train)
-        lap("data")
-        models[variant.name], training[variant.name] = finetune_variant(base, train, config)
-        lap("finetune")
-        score = score_model(models[variant.name], eval_samples, config)
-        lap("score")
-        scores[variant.name], heads = retrieval_heads(models[variant.name], detection, config)
-        lap("heads")
-        rows.append(dict(variant=variant, score=score, heads=heads, tokens=tokens))
+    for row in done:
+        scores[row["name"]] = RetrievalScores.from_dict(row["scores"])
+        entry = dict(score=_model_score(row["score"]), heads=[Head(*h) for h in row["heads"]], tokens=row["tokens"])
+        if row["training"] is None:
+            reference = dict(name="base", **entry)
+            continue
+        training[row["name"]] = FinetuneResult.from_dict(row["training"])
+        rows.append(dict(variant=next(v for v in variants if v.name == row["name"]), **entry))
     real_heads = rows[0]["heads"]
     notes: list[str] = []
     if not real_heads:
@@ -340,12 +431,13 @@ def run_pipeline(config: PipelineConfig, *, progress: bool = True) -> PipelineRe
     base_result = result_of(reference, "base", "-", "-") if reference is not None else None
     correlations, corr_notes = _correlations(results[1:], config)
     notes += corr_notes
-    knock, knock_notes = _knockout(models[config.real.name], scores[config.real.name], analysis, config)
+    sharding = {"distributed": distributed, "resume": folder}
+    knock, knock_notes = _knockout(model_of(config.real.name), scores[config.real.name], analysis, config, sharding)
     notes += knock_notes
     lap("knockout")
     target = _patch_target(results, config)
     shared = sorted(set(real_heads) & set(target.heads))
-    patching, note = _patching(models[config.real.name], models[target.name], shared, analysis, config)
+    patching, note = _patching(model_of(config.real.name), model_of(target.name), shared, analysis, config, sharding)
     notes += [note] if note else []
     lap("patching")
     seconds["total"] = sum(seconds.values())
