@@ -1000,8 +1000,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException as error:
         abort(error)
         raise
-    finally:
-        _leave(world)
     if world.main and code == 0:
         shutil.rmtree(Path(args.out) / PARTIAL, ignore_errors=True)  # a finished run leaves no partial results
     return code
@@ -1035,13 +1033,6 @@ def _quiet(world: Any) -> Iterator[None]:
     with open(os.devnull, "w") as sink, redirect_stdout(sink), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
-
-
-def _leave(world: Any) -> None:
-    import torch.distributed as dist
-
-    if world is not None and world.distributed and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -103,9 +103,10 @@ def sharded_map(
     done: dict[int, Any] = {}
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-        for i, key in enumerate(keys or ()):
-            if (folder / f"{key}.json").is_file():
-                done[i] = json.loads((folder / f"{key}.json").read_text())
+        found = _agree(
+            world, call, lambda: [i for i, key in enumerate(keys or ()) if (folder / f"{key}.json").is_file()]
+        )
+        done = {i: json.loads((folder / f"{keys[i]}.json").read_text()) for i in found}  # type: ignore[index]
     if done and progress and world.main:
         tqdm.write(f"{desc}: {len(done)} of {len(items)} {unit}s read back from {folder} (an earlier run's)")
     todo = [i for i in range(len(items)) if i not in done]
@@ -182,6 +183,31 @@ def _failure(store: Any, call: int) -> ShardError | None:
             rank, message, _ = pickle.loads(store.get(key))
             return ShardError(f"rank {rank} failed: {message}")
     return None
+
+
+def _agree(world: World, call: int, decide: Callable[[], Any]) -> Any:
+    """Rank 0's ``decide()``, on every rank; the others wait for it on the store (or for a failure).
+
+    Which items an earlier run finished must be read once: a rank that listed the folder after
+    another rank had written its first new file would split the rest differently.
+    """
+    store = _store(world)
+    if store is None:
+        return decide()
+    key = f"{_PREFIX}/{call}/agreed"
+    if world.main:
+        try:
+            value = decide()
+        except BaseException as error:
+            abort(error, call=call)
+            raise
+        store.set(key, pickle.dumps(value))
+        return value
+    while not store.check([key]):
+        if (failure := _failure(store, call)) is not None:
+            raise failure
+        time.sleep(_POLL_S)
+    return pickle.loads(store.get(key))
 
 
 def _check_peers(world: World, call: int) -> None:

@@ -9,6 +9,7 @@ so every sharded code path is also the one-process path.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -63,7 +64,8 @@ def init_world(device: str | torch.device = "cpu") -> World:
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) this initialises
     ``torch.distributed`` with gloo for a CPU ``device`` and nccl for CUDA (each rank on
-    ``cuda:LOCAL_RANK``). An already initialised group is kept as it is, whatever its backend.
+    ``cuda:LOCAL_RANK``), and leaves it when the process exits. An already initialised group is
+    kept as it is, whatever its backend, so a process joins once and may run several commands.
 
     >>> init_world("cpu")  # no launcher: one process
     World(rank=0, size=1, local_rank=0, backend=None)
@@ -87,7 +89,15 @@ def init_world(device: str | torch.device = "cpu") -> World:
             )
         torch.cuda.set_device(local)
     dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
+    atexit.register(_leave)  # once, at exit: a group torn down and joined again would wait on stale store keys
     return current_world()
+
+
+def _leave() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def rank_device(device: str | torch.device, world: World) -> str:

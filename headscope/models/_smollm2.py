@@ -9,14 +9,13 @@ there in about a second.
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import tempfile
 import warnings
 from pathlib import Path
 
 from headscope.errors import MissingDependencyError
-from headscope.models._cache import cache_dir
+from headscope.models._cache import cache_dir, publish
 
 SMOLLM2_NAME = "smollm2-135m-instruct"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -62,9 +61,7 @@ def smollm2_folder() -> Path:
     try:
         plain.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
+        publish(staging, folder, done="model.safetensors")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import shutil
 import tempfile
@@ -18,7 +17,7 @@ from typing import Any
 
 from headscope._types import Choice
 from headscope.errors import ConfigError
-from headscope.models._cache import cache_dir
+from headscope.models._cache import cache_dir, publish
 
 _WORDS = (
     "the a an of to in on at by for with from and or but is was are were be been has had have "
@@ -90,8 +89,7 @@ def _cached_folder(prefix: str, spec: dict[str, Any], build: Any) -> Path:
         model, tokenizer = build()
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        if not folder.exists():
-            os.replace(staging, folder)
+        publish(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
