@@ -330,6 +330,10 @@ def _distributed_worker(rank: int, folder: str, store: str, out: str) -> None:
         mine = detect_retrieval_heads(model, samples, require_prediction=False, progress=False)
         merged = all_gather_scores(mine)
         merged.save(f"{out}/merged-{rank}.json")
+        every = detect_retrieval_heads(
+            model, DISTRIBUTED_SAMPLES, require_prediction=False, progress=False, distributed=True
+        )  # the same switch: this rank scores its share, every rank gets the whole
+        every.save(f"{out}/sharded-{rank}.json")
         dist.barrier()  # no rank tears gloo down while the other still has a send in flight (aborted once under load)
     finally:
         dist.destroy_process_group()
@@ -354,3 +358,4 @@ def test_two_processes_with_torch_distributed_give_the_totals_of_one(copier_fold
         assert (merged.n_counted, merged.n_samples) == (one.n_counted, one.n_samples) == (5, 5)
         assert torch.equal(merged.per_sample, one.per_sample)
         assert_close(merged.hit_sums, one.hit_sums, short=True)
+        assert RetrievalScores.load(tmp_path / f"sharded-{rank}.json") == one  # bit for bit, in sample order
