@@ -1017,7 +1017,9 @@ def _join(args: argparse.Namespace) -> Any:
         )
     if args.command not in SHARDED:
         return World()
-    device = getattr(args, "device", "cpu")
+    from headscope.models._placement import resolve_device
+
+    device = str(resolve_device(getattr(args, "device", "cpu")))  # "auto" -> "cuda" or "cpu"
     world = init_world(device)
     if hasattr(args, "device"):
         args.device = rank_device(device, world)
