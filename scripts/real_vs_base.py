@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from headscope.compare import jaccard
-from headscope.models import model_info, tokenizer_of
+from headscope.models import cache_dir, model_info, tokenizer_of
 from headscope.pipeline import (
     PipelineConfig,
     base_model,
@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=int, nargs="*", default=[], help="steps at which to detect heads")
     parser.add_argument("--em-at", type=int, nargs="*", default=[], help="steps at which to score exact match too")
     parser.add_argument("--data", default=PipelineConfig.smollm2().data)
-    parser.add_argument("--cache", default="/tmp/real_vs_base_cache")
+    parser.add_argument("--cache", default=str(cache_dir() / "real_vs_base"))
     parser.add_argument("--seed", type=int, default=0, help="seed of the data (evaluation and training) and training")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out")

@@ -378,8 +378,10 @@ def test_versus_random_pairs_samples_and_gives_the_exact_sign_flip_p_value():
     assert result.to_dict("records") == [
         {"fraction": 0.5, "accuracy": 0.75, "random": 0.25, "difference": 0.5, "p_value": 0.25, "p_min": 0.25}
     ]
-    twenty = curve((((1,) * 20,), ((0,) * 20,)), (None, 0)).versus_random(0)  # Monte Carlo beyond 16
-    assert twenty["p_value"].item() == pytest.approx(1 / 20_001 * (1 + 20_000 * 2**-19), rel=0.5)
+    twenty = curve((((1,) * 20,), ((0,) * 20,)), (None, 0)).versus_random(0)  # equal differences: exact at any n
+    assert twenty["p_value"].item() == 2 * 2**-20 == twenty["p_min"].item()
+    mixed = curve((((1,) * 20,), ((0,) * 20,), ((1,) * 10 + (0,) * 10,)), (None, 0, 1)).versus_random(0)
+    assert mixed["p_value"].item() == mixed["p_min"].item() == 1 / 20_001  # 0.5s and 1s: Monte Carlo beyond 16
     with pytest.raises(hs.ConfigError, match="no random KV-head sets"):
         curve((((1, 0),),), (None,)).versus_random(0)
 

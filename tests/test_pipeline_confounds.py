@@ -15,11 +15,11 @@ import pytest
 
 from headscope.ablation import KnockoutCurve
 from headscope.compare import correlate
+from headscope.compare._permutation import sign_flip_test
 from headscope.heads import Head
 from headscope.models import tiny_tokenizer
 from headscope.pipeline import PipelineConfig, PipelineResult, VariantResult, mdqa_samples, run_pipeline
 from headscope.pipeline._config import GRID_2X3
-from headscope.pipeline._summary import sign_test_p
 
 # -- which samples choose the heads, which test them (finding 4) ---------------------------------------------------
 
@@ -292,7 +292,7 @@ def test_sign_test_p_equals_scipys_exact_binomial_test():
     for wins in range(12):
         for losses in range(12):
             expected = binomtest(wins, wins + losses, 0.5).pvalue if wins + losses else 1.0
-            assert sign_test_p(wins, losses) == pytest.approx(expected, rel=1e-12)
+            assert sign_flip_test(np.array([1.0] * wins + [-1.0] * losses))[0] == pytest.approx(expected, rel=1e-12)
 
 
 def test_synthetic_falls_short_only_by_an_exact_sign_test_over_paired_questions():

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["PermutationTest", "permutation_test", "row_correlation"]
+__all__ = ["PermutationTest", "permutation_test", "row_correlation", "sign_flip_test"]
 
 #: Two correlations closer than this count as equal (rounding of the same value computed twice).
 _TIE = 1e-10
@@ -96,3 +96,37 @@ def permutation_test(
         n_permutations=n_permutations,
         p_min=1 / (1 + n_permutations),
     )
+
+
+def sign_flip_test(
+    differences: np.ndarray, *, exact_up_to: int = 16, n_draws: int = 20_000, seed: int = 0
+) -> tuple[float, float]:
+    """Two-sided paired sign-flip p-value of the sum of ``differences``, and the smallest one possible.
+
+    Under the null each non-zero paired difference is as likely positive as negative. When they
+    all have one size (0/1 accuracy pairs: McNemar's exact sign test) the p-value is the exact
+    binomial tail at any n; otherwise every sign pattern is enumerated up to ``exact_up_to``
+    non-zero differences, and beyond that ``n_draws`` seeded patterns estimate it as
+    ``(1 + hits) / (1 + n_draws)``.
+
+    >>> sign_flip_test(np.array([1.0, 1.0, 1.0, 0.0]))   # 3 non-zero: 2 of 8 flips reach |sum| = 3
+    (0.25, 0.25)
+    >>> sign_flip_test(np.array([1.0] * 6))[0], sign_flip_test(np.array([1.0, -1.0] * 3))[0]   # a sign test
+    (0.03125, 1.0)
+    """
+    d = np.asarray(differences, dtype=float)
+    d = d[d != 0]
+    if not len(d):
+        return 1.0, 1.0
+    n = len(d)
+    if np.all(np.abs(d) == abs(d[0])):
+        low = int(min((d > 0).sum(), (d < 0).sum()))
+        tail = sum(math.comb(n, i) for i in range(low + 1)) / 2**n
+        return min(1.0, 2 * tail), min(1.0, 2 / 2**n)
+    observed = abs(d.sum()) - 1e-9 * np.abs(d).sum()
+    if n <= exact_up_to:
+        sums = np.abs(np.array(list(itertools.product((1.0, -1.0), repeat=n))) @ d)
+        return float(np.mean(sums >= observed)), float(np.mean(sums >= sums.max() - 1e-9 * np.abs(d).sum()))
+    signs = np.random.default_rng(seed).choice((1.0, -1.0), size=(n_draws, n))
+    hits = int((np.abs(signs @ d) >= observed).sum())
+    return (1 + hits) / (1 + n_draws), 1 / (1 + n_draws)

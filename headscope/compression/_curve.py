@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from headscope.compare._loaded import Pool
+from headscope.compare._permutation import sign_flip_test
 from headscope.compression._decode import check_model, generate_compressed
 from headscope.compression._policy import SINK, WINDOW, KVPolicy, _check_window, kv_order
 from headscope.errors import ConfigError
@@ -82,7 +82,7 @@ class CompressionCurve(Saved):
         for f, fraction in enumerate(self.fractions):
             mine = np.asarray(self.success[run][f], dtype=float)
             random = np.asarray([self.success[r][f] for r in randoms], dtype=float).mean(axis=0)
-            p_value, p_min = _sign_flip(mine - random)
+            p_value, p_min = sign_flip_test(mine - random)
             rows.append(
                 {
                     "fraction": fraction,
@@ -264,21 +264,3 @@ def compression_curve(
         n_samples=len(samples),
         model=info.name,
     )
-
-
-def _sign_flip(differences: np.ndarray, exact_up_to: int = 16, n_draws: int = 20_000) -> tuple[float, float]:
-    """Two-sided sign-flip p-value of the sum of paired ``differences``, and the smallest one possible.
-
-    >>> _sign_flip(np.array([1.0, 1.0, 1.0, 0.0]))   # 3 non-zero: 2 of 8 flips reach |sum| = 3
-    (0.25, 0.25)
-    """
-    d = differences[differences != 0]
-    if not len(d):
-        return 1.0, 1.0
-    observed = abs(d.sum()) - 1e-9
-    if len(d) <= exact_up_to:
-        sums = np.abs(np.array(list(itertools.product((1.0, -1.0), repeat=len(d)))) @ d)
-        return float(np.mean(sums >= observed)), float(np.mean(sums >= sums.max() - 1e-9))
-    signs = np.random.default_rng(0).choice((1.0, -1.0), size=(n_draws, len(d)))
-    hits = int((np.abs(signs @ d) >= observed).sum())
-    return (1 + hits) / (1 + n_draws), 1 / (1 + n_draws)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from headscope.compare._permutation import sign_flip_test
 from headscope.heads import as_heads
 
 if TYPE_CHECKING:
@@ -252,22 +254,12 @@ def _short_verdict(real: VariantResult, best: VariantResult) -> str:
         return "NOT testable (no per-question scores in this result)"
     only_real = sum(x > y for x, y in zip(a, b, strict=True))
     only_best = sum(y > x for x, y in zip(a, b, strict=True))
-    p = sign_test_p(only_real, only_best)
+    p = sign_flip_test(np.array([1.0] * only_real + [-1.0] * only_best))[0]
     words = (
         f"exact sign test over the {only_real + only_best} questions only one answers "
         f"({only_real} real, {only_best} synthetic), p = {p:.3g}"
     )
     return f"REPRODUCED ({words})" if p < ALPHA else f"NOT reproduced: {words} is not below {ALPHA}"
-
-
-def sign_test_p(wins: int, losses: int) -> float:
-    """Two-sided exact sign test: P(a split at least this uneven) when each discordant pair is a fair coin.
-
-    >>> sign_test_p(6, 0), sign_test_p(3, 3), sign_test_p(0, 0)
-    (0.03125, 1.0, 1.0)
-    """
-    n, low = wins + losses, min(wins, losses)
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(low + 1)) / 2**n)
 
 
 def _untested(seen: bool, n_samples: int | None, n_random: int, what: str) -> str:
