@@ -217,6 +217,8 @@ def _detect(args: argparse.Namespace) -> int:
         _, stability = _detect_one(run, model, built[seed], out / f"seed-{seed}", start)
         if stability is not None:
             results[f"seed {seed}"] = stability
+    if not _is_main():  # rank 0 compares the seeds and writes the overlap
+        return 0
     return _seed_overlap(out, args, results, start)
 
 
