@@ -92,7 +92,7 @@ def sharded_map(
     [1, 4, 9]
     """
     world = current_world() if world is None else world
-    call = next(_calls)
+    call = next(_calls) if world.distributed else -1  # a map one rank runs alone must not shift the others' ids
     if partial is not None and keys is None:
         raise ConfigError("sharded_map(partial=...) needs keys=, one file name per item")
     if keys is not None and len(keys) != len(items):
@@ -118,7 +118,7 @@ def sharded_map(
     try:
         with bar, context():
             for i in mine:
-                computed[i] = encode(fn(items[i]))
+                computed[i] = json.loads(json.dumps(encode(fn(items[i]))))  # as a resumed run reads it back
                 if folder is not None:
                     _write(folder / f"{keys[i]}.json", computed[i])  # type: ignore[index]
                 bar.update()
@@ -126,7 +126,8 @@ def sharded_map(
     except ShardError:
         raise
     except BaseException as error:
-        abort(error, call=call)
+        if world.distributed:
+            abort(error, call=call)
         raise
     _wait_for_peers(world, call)
     for part in _gather(world, computed):
@@ -141,7 +142,8 @@ def finish(world: World | None = None) -> None:
     a failure there must reach the other ranks instead of leaving them in a barrier.
     """
     world = current_world() if world is None else world
-    _wait_for_peers(world, next(_calls))
+    if world.distributed:
+        _wait_for_peers(world, next(_calls))
 
 
 def _write(path: Path, value: Any) -> None:
