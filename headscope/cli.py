@@ -13,6 +13,11 @@ recalls most words too). Every subcommand judges answers by this one rule
 and print the heads in the top ``--top`` (10) of at least 90% of the resamples. ``--seeds 0 1 2``
 runs one detection per needle set (task seed) into ``OUT/seed-S`` and reports in ``OUT`` how their
 top-k and stable sets overlap (:func:`headscope.compare.run_overlap`).
+
+``torchrun --nproc-per-node N -m headscope CMD ...`` shards ``main``, ``detect``, ``knockout``,
+``patch`` and ``paper`` (:mod:`headscope.distributed`): rank 0 prints and writes files equal to a
+one-process run's, and ``OUT/.partial`` keeps each finished work item, so rerunning an
+interrupted command computes only what is missing.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""Past one machine: split samples into shards, score each in its own process, merge the sums.
+"""Shards by hand: split samples yourself, score each shard in its own process, merge the sums.
 
 Scores are sums and counts, so shards merge exactly by addition. Either save each shard's
 :class:`RetrievalScores` and ``RetrievalScores.merge`` the loaded files, or, inside a
 ``torch.distributed`` job (gloo on CPU works), call :func:`all_gather_scores` on every rank.
+``detect_retrieval_heads(..., distributed=True)`` does all of it (cost-balanced shards, resume
+files, merge in sample order; :mod:`headscope.distributed`).
 """
 
 from __future__ import annotations
