@@ -36,6 +36,7 @@ from headscope.errors import InputTypeError as InputTypeError
 from headscope.errors import MissingDependencyError as MissingDependencyError
 from headscope.errors import ModelError as ModelError
 from headscope.errors import ModelMismatchError as ModelMismatchError
+from headscope.errors import ShardError as ShardError
 from headscope.errors import SpanError as SpanError
 from headscope.errors import TaskError as TaskError
 from headscope.evaluate import answer_accuracy as answer_accuracy
@@ -118,6 +119,7 @@ __all__ = [
     "PipelineResult",
     "RetrievalScores",
     "Sample",
+    "ShardError",
     "Span",
     "SpanError",
     "Stability",
